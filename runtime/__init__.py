@@ -1,0 +1,21 @@
+"""Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface, and the server."""
+
+from stn_deploy.runtime.ort import OrtSession
+from stn_deploy.runtime.session import (
+    BackendUnavailableError,
+    InputError,
+    Session,
+    SessionError,
+    TensorSpec,
+)
+from stn_deploy.runtime.torch_session import TorchSession
+
+__all__ = [
+    "BackendUnavailableError",
+    "InputError",
+    "OrtSession",
+    "Session",
+    "SessionError",
+    "TensorSpec",
+    "TorchSession",
+]

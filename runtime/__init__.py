@@ -1,5 +1,6 @@
 """Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface, and the server."""
 
+from stn_deploy.runtime.backends import open_session
 from stn_deploy.runtime.ort import OrtSession
 from stn_deploy.runtime.session import (
     BackendUnavailableError,
@@ -18,4 +19,5 @@ __all__ = [
     "SessionError",
     "TensorSpec",
     "TorchSession",
+    "open_session",
 ]

@@ -21,7 +21,9 @@ COMMAND_MODULES = (
     "stn_deploy.models.commands",
     "stn_deploy.export.commands",
     "stn_deploy.plugins.commands",
-    "stn_deploy.runtime.commands",
+    "stn_deploy.export.engine_commands",
+    "stn_deploy.serve",
+    "stn_deploy.bench",
     "stn_deploy.demo",
 )
 

@@ -1,0 +1,318 @@
+"""Dynamic batcher: coalesce concurrent requests into one Session.infer call, split results back.
+
+Threads, deliberately: one worker thread owns the session and runs one batch at a time (ONNX
+Runtime, TensorRT and PyTorch release the GIL while they compute, so the event loop keeps
+decoding the next requests meanwhile). Callers get a ``concurrent.futures.Future``; asyncio code
+awaits it through :meth:`DynamicBatcher.infer_async`.
+
+Rules the tests pin down:
+
+- A batch is sent when it holds ``max_batch`` samples or when its oldest request has waited
+  ``max_delay_ms``; requests are taken first-in first-out and never reordered or mixed up.
+- A request larger than ``max_batch`` is split into chunks of at most ``max_batch`` samples
+  (so a TensorRT profile's maximum is never exceeded); the chunks queue like any request and
+  the caller gets one concatenated answer, or the first chunk's error.
+- A backend failure fails only the requests of that batch; the worker carries on.
+- The queue is bounded in samples: a request that does not fit raises :class:`QueueFullError`
+  at once (the server answers 503 + Retry-After) instead of growing memory.
+- A request whose deadline passes while queued fails with :class:`DeadlineExceededError`
+  without running; a cancelled future is skipped.
+- ``close()`` stops accepting, runs everything already queued, then stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from stn_deploy.runtime.session import Session, SessionError
+
+__all__ = [
+    "BatcherConfig",
+    "BatcherError",
+    "BatcherClosedError",
+    "QueueFullError",
+    "RequestTooLargeError",
+    "DeadlineExceededError",
+    "BatchObserver",
+    "DynamicBatcher",
+]
+
+
+class BatcherError(SessionError):
+    """The batcher refused or dropped a request (not the model's fault)."""
+
+
+class BatcherClosedError(BatcherError):
+    """The batcher is shutting down and accepts no new requests."""
+
+
+class QueueFullError(BatcherError):
+    """The bounded queue has no room; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLargeError(BatcherError):
+    """A single request holds more samples than the whole queue may."""
+
+
+class DeadlineExceededError(BatcherError):
+    """The request's deadline passed before it could run."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """How requests are coalesced. ``max_queue`` counts samples waiting, not requests."""
+
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise ValueError(f"max_batch must be an int >= 1, got {self.max_batch!r}; e.g. 64")
+        if not self.max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {self.max_delay_ms!r}; e.g. 2.0")
+        if not isinstance(self.max_queue, int) or self.max_queue < self.max_batch:
+            raise ValueError(
+                f"max_queue ({self.max_queue!r}) must be an int >= max_batch "
+                f"({self.max_batch}); e.g. BatcherConfig(max_batch=64, max_queue=1024)"
+            )
+
+
+class BatchObserver(Protocol):
+    """Receives one call per batch run (the metrics module implements it)."""
+
+    def on_batch(
+        self, size: int, queue_seconds: list[float], infer_seconds: float, failed: bool
+    ) -> None: ...
+
+
+@dataclass
+class _Item:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    enqueued: float
+    deadline: float | None
+    future: Future = field(default_factory=Future)
+
+
+class _Joiner:
+    """Completes ``parent`` with the concatenation of its chunks' results, in chunk order."""
+
+    def __init__(self, parent: Future, parts: list[Future]) -> None:
+        self.parent = parent
+        self.parts = parts
+        self.left = len(parts)
+        self.lock = threading.Lock()
+        for part in parts:
+            part.add_done_callback(self._done)
+
+    def _done(self, _: Future) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left:
+                return
+        if self.parent.done():
+            return
+        for part in self.parts:
+            if part.cancelled():
+                self.parent.cancel()
+                return
+            if part.exception() is not None:
+                self.parent.set_exception(part.exception())
+                return
+        results = [part.result() for part in self.parts]
+        self.parent.set_result(
+            {name: np.concatenate([r[name] for r in results]) for name in results[0]}
+        )
+
+
+class DynamicBatcher:
+    """Runs ``session`` on batches built from concurrent :meth:`submit` calls.
+
+    The session must already be open; the batcher does not close it. Validation of each
+    request's names, shapes and dtypes happens in ``submit`` (``Session.check_feeds``), so one
+    bad request never reaches, let alone fails, a shared batch.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        config: BatcherConfig | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.session = session
+        self.config = config or BatcherConfig()
+        self.observer = observer
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> DynamicBatcher:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="stn-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, finish every queued request, stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> DynamicBatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing and self._thread is not None and self._thread.is_alive()
+
+    # -- requests ------------------------------------------------------------------------------
+    def submit(self, feeds: Mapping[str, Any], timeout: float | None = None) -> Future:
+        """Queue one request; return a Future of its outputs (batch dim = the request's own)."""
+        checked = self.session.check_feeds(feeds)
+        rows = next(iter(checked.values())).shape[0]
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        step = self.config.max_batch
+        items = [
+            _Item({k: v[i : i + step] for k, v in checked.items()}, min(step, rows - i), now,
+                  deadline)
+            for i in range(0, rows, step)
+        ]
+        self._enqueue(items, rows)
+        if len(items) == 1:
+            return items[0].future
+        parent: Future = Future()
+        parent.set_running_or_notify_cancel()
+        _Joiner(parent, [it.future for it in items])
+        return parent
+
+    def infer(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:
+        """Blocking convenience: submit and wait."""
+        return self.submit(feeds, timeout).result()
+
+    async def infer_async(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:
+        """Submit from asyncio code and await the outputs without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(feeds, timeout))
+
+    def _enqueue(self, items: list[_Item], rows: int) -> None:
+        cfg = self.config
+        if rows > cfg.max_queue:
+            raise RequestTooLargeError(
+                f"request holds {rows} samples, more than the queue's {cfg.max_queue}; "
+                f"send at most {cfg.max_queue} per request"
+            )
+        with self._cond:
+            if self._closing or self._thread is None:
+                raise BatcherClosedError("the batcher is not running (shutting down?)")
+            if self._queued_rows + rows > cfg.max_queue:
+                raise QueueFullError(
+                    f"queue full: {self._queued_rows} of {cfg.max_queue} samples waiting, "
+                    f"request adds {rows}; retry shortly",
+                    retry_after_s=1.0,
+                )
+            self._queue.extend(items)
+            self._queued_rows += rows
+            self._cond.notify_all()
+
+    # -- worker --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._execute(batch)
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait for a full batch or the oldest request's delay; None once closed and drained."""
+        cfg = self.config
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            flush_at = self._queue[0].enqueued + cfg.max_delay_ms / 1000.0
+            while self._queued_rows < cfg.max_batch and not self._closing:
+                remaining = flush_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[_Item] = []
+            rows = 0
+            while self._queue and rows + self._queue[0].rows <= cfg.max_batch:
+                item = self._queue.popleft()
+                self._queued_rows -= item.rows
+                if self._admit(item):
+                    batch.append(item)
+                    rows += item.rows
+            return batch
+
+    @staticmethod
+    def _admit(item: _Item) -> bool:
+        if not item.future.set_running_or_notify_cancel():
+            return False  # the caller went away
+        if item.deadline is not None and time.monotonic() > item.deadline:
+            waited = time.monotonic() - item.enqueued
+            item.future.set_exception(
+                DeadlineExceededError(f"request waited {waited * 1000:.1f} ms, past its deadline")
+            )
+            return False
+        return True
+
+    def _execute(self, batch: list[_Item]) -> None:
+        start = time.monotonic()
+        names = batch[0].feeds.keys()
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {n: np.concatenate([it.feeds[n] for it in batch]) for n in names}
+        total = sum(it.rows for it in batch)
+        failed = False
+        try:
+            outputs = self.session.infer(feeds)
+            for name, value in outputs.items():
+                if value.ndim == 0 or value.shape[0] != total:
+                    raise SessionError(
+                        f"output {name!r} has shape {list(value.shape)}; expected the batch "
+                        f"dimension first ({total}) so results can be split per request"
+                    )
+        except Exception as exc:  # the batch's own failure goes to its callers only
+            failed = True
+            for it in batch:
+                it.future.set_exception(exc)
+        else:
+            offset = 0
+            for it in batch:
+                end = offset + it.rows
+                it.future.set_result({n: v[offset:end] for n, v in outputs.items()})
+                offset = end
+        if self.observer is not None:
+            self.observer.on_batch(
+                total, [start - it.enqueued for it in batch], time.monotonic() - start, failed
+            )

@@ -1,0 +1,209 @@
+"""The dynamic batcher as a plain unit: no HTTP, a fake session that records every batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from stn_deploy.runtime.batcher import (
+    BatcherClosedError,
+    BatcherConfig,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+    RequestTooLargeError,
+)
+from stn_deploy.runtime.session import InputError, Session, SessionError, TensorSpec
+
+
+class _Recorder(Session):
+    """out = input * 3 + row marker; fails any batch containing a sample whose value is -999."""
+
+    backend = "fake"
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+        super().__init__()
+        self.delay = delay
+        self.gate = gate
+        self.batches: list[int] = []
+
+    def _open(self) -> None:
+        self.inputs = (TensorSpec("input", (None, 2), "float32"),)
+        self.outputs = (TensorSpec("logits", (None, 2), "float32"),)
+
+    def _infer(self, feeds):
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay)
+        x = feeds["input"]
+        self.batches.append(x.shape[0])
+        if (x == -999).any():
+            raise SessionError("backend exploded on this batch")
+        return {"logits": x * 3, "theta": x.sum(axis=1)}
+
+
+def _x(rng, n):
+    return rng.standard_normal((n, 2)).astype(np.float32)
+
+
+def test_concurrent_requests_coalesce_and_each_gets_its_own_rows(rng):
+    sess = _Recorder(delay=0.01).open()
+    sizes = [1, 3, 2, 5, 1, 4, 7, 2] * 4
+    feeds = [_x(rng, n) for n in sizes]
+    cfg = BatcherConfig(max_batch=16, max_delay_ms=20)
+    with DynamicBatcher(sess, cfg) as b, ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda x: b.infer({"input": x}), feeds))
+    for x, out in zip(feeds, results):
+        np.testing.assert_array_equal(out["logits"], x * 3)
+        np.testing.assert_array_equal(out["theta"], x.sum(axis=1))
+    assert sum(sess.batches) == sum(sizes)
+    assert max(sess.batches) <= 16
+    assert len(sess.batches) < len(sizes)  # some coalescing happened
+
+
+def test_fifo_order_within_batches(rng):
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=4, max_delay_ms=0)) as b:
+        first = b.submit({"input": _x(rng, 1)})  # occupies the worker behind the gate
+        time.sleep(0.05)
+        futs = [b.submit({"input": np.full((1, 2), i, np.float32)}) for i in range(8)]
+        gate.set()
+        outs = [f.result(5)["logits"][0, 0] for f in futs]
+        first.result(5)
+    assert outs == [3.0 * i for i in range(8)]
+    assert sess.batches == [1, 4, 4]
+
+
+def test_single_request_waits_at_most_the_delay(rng):
+    sess = _Recorder().open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=64, max_delay_ms=30)) as b:
+        t0 = time.monotonic()
+        b.infer({"input": _x(rng, 1)})
+        waited = time.monotonic() - t0
+    assert 0.025 <= waited < 0.5
+
+
+def test_full_batch_does_not_wait_for_the_delay(rng):
+    sess = _Recorder().open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=8, max_delay_ms=2000)) as b:
+        t0 = time.monotonic()
+        b.infer({"input": _x(rng, 8)})
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_oversized_request_is_split_into_max_batch_chunks(rng):
+    sess = _Recorder().open()
+    x = _x(rng, 23)
+    with DynamicBatcher(sess, BatcherConfig(max_batch=8, max_delay_ms=0)) as b:
+        out = b.infer({"input": x})
+    np.testing.assert_array_equal(out["logits"], x * 3)
+    assert sess.batches == [8, 8, 7]
+
+
+def test_backend_failure_fails_only_its_own_batch(rng):
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=2, max_delay_ms=0)) as b:
+        blocker = b.submit({"input": _x(rng, 1)})
+        time.sleep(0.05)
+        good_a = [b.submit({"input": _x(rng, 1)}) for _ in range(2)]  # batch 2
+        bad = b.submit({"input": np.full((1, 2), -999, np.float32)})  # batch 3 with next
+        victim = b.submit({"input": _x(rng, 1)})
+        good_b = [b.submit({"input": _x(rng, 1)}) for _ in range(2)]  # batch 4
+        gate.set()
+        blocker.result(5)
+        with pytest.raises(SessionError, match="exploded"):
+            bad.result(5)
+        with pytest.raises(SessionError, match="exploded"):
+            victim.result(5)
+        for f in good_a + good_b:
+            assert f.result(5)["logits"].shape == (1, 2)
+    assert sess.batches == [1, 2, 2, 2]
+
+
+def test_bad_request_is_rejected_at_submit_and_never_batched(rng):
+    sess = _Recorder().open()
+    with DynamicBatcher(sess) as b:
+        with pytest.raises(InputError, match="shape \\[1, 3\\], expected input"):
+            b.submit({"input": np.zeros((1, 3), np.float32)})
+        with pytest.raises(InputError, match="dtype float64"):
+            b.submit({"input": np.zeros((1, 2), np.float64)})
+    assert sess.batches == []
+
+
+def test_queue_full_rejects_immediately_then_recovers(rng):
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+    cfg = BatcherConfig(max_batch=4, max_delay_ms=0, max_queue=8)
+    with DynamicBatcher(sess, cfg) as b:
+        running = b.submit({"input": _x(rng, 4)})
+        time.sleep(0.05)
+        queued = [b.submit({"input": _x(rng, 4)}) for _ in range(2)]
+        assert b.queued_rows == 8
+        with pytest.raises(QueueFullError, match="8 of 8 samples waiting") as err:
+            b.submit({"input": _x(rng, 1)})
+        assert err.value.retry_after_s > 0
+        with pytest.raises(RequestTooLargeError, match="at most 8"):
+            b.submit({"input": _x(rng, 9)})
+        gate.set()
+        for f in [running, *queued]:
+            f.result(5)
+        x = _x(rng, 1)
+        np.testing.assert_array_equal(b.infer({"input": x})["logits"], x * 3)
+
+
+def test_deadline_passed_in_queue_fails_without_running(rng):
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=1, max_delay_ms=0)) as b:
+        blocker = b.submit({"input": _x(rng, 1)})
+        time.sleep(0.05)
+        late = b.submit({"input": _x(rng, 1)}, timeout=0.05)
+        time.sleep(0.15)
+        gate.set()
+        blocker.result(5)
+        with pytest.raises(DeadlineExceededError, match="past its deadline"):
+            late.result(5)
+    assert sess.batches == [1]
+
+
+def test_close_drains_in_flight_and_queued_work_then_refuses(rng):
+    sess = _Recorder(delay=0.02).open()
+    b = DynamicBatcher(sess, BatcherConfig(max_batch=2, max_delay_ms=50)).start()
+    feeds = [_x(rng, 1) for _ in range(7)]
+    futs = [b.submit({"input": x}) for x in feeds]
+    b.close(timeout=5)
+    for x, f in zip(feeds, futs):
+        assert f.done()
+        np.testing.assert_array_equal(f.result()["logits"], x * 3)
+    with pytest.raises(BatcherClosedError):
+        b.submit({"input": feeds[0]})
+
+
+def test_observer_sees_every_batch(rng):
+    seen = []
+
+    class Obs:
+        def on_batch(self, size, queue_seconds, infer_seconds, failed):
+            seen.append((size, len(queue_seconds), failed))
+
+    sess = _Recorder().open()
+    with DynamicBatcher(sess, BatcherConfig(max_batch=4, max_delay_ms=0), observer=Obs()) as b:
+        b.infer({"input": _x(rng, 3)})
+        with pytest.raises(SessionError):
+            b.infer({"input": np.full((2, 2), -999, np.float32)})
+    assert seen == [(3, 1, False), (2, 1, True)]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_batch": 0}, {"max_delay_ms": -1}, {"max_batch": 8, "max_queue": 4}],
+)
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError, match="e.g."):
+        BatcherConfig(**kwargs)

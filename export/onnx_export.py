@@ -1,0 +1,306 @@
+"""Export any STN (any nn.Module calling F.affine_grid / F.grid_sample) to ONNX.
+
+``torch.onnx.export(dynamo=True)`` at opset 18 with our custom translation table
+(:mod:`stn_deploy.export.translation`), a batch dimension named ``batch`` that works at any size,
+IR version 10, and the contract check run on every result. Tensor names are fixed: input
+``input`` [N,C,H,W]; outputs ``logits`` then, on request, ``theta`` and ``warped`` (the first
+spatial transformer's parameters and warped image).
+
+Precision ``fp16`` writes an fp16 graph with fp16 I/O (TensorRT 11 has no fp16 builder flag) whose
+grid generators and samplers stay in fp32: every ``sampling.Warp`` runs in fp32 between casts,
+direct ``F.grid_sample`` calls sample in fp32, and fp32 -> fp16 -> fp32 round trips of the grid
+are removed after export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from stn_deploy.export import passes
+from stn_deploy.export.contract import ContractReport, check_model
+from stn_deploy.export.errors import ContractError, ExportError
+from stn_deploy.export.translation import OPSET, standard_translation_table
+from stn_deploy.models.sampling import Warp
+
+__all__ = [
+    "ExportResult",
+    "FLAVOURS",
+    "PRECISIONS",
+    "EXTRA_OUTPUTS",
+    "export_module",
+    "export_checkpoint",
+]
+
+FLAVOURS = ("standard", "plugin")
+PRECISIONS = ("fp32", "fp16")
+EXTRA_OUTPUTS = ("theta", "warped")
+INPUT_NAME = "input"
+TRACE_BATCH = 2  # trace at batch 2 so no size-1 specialisation leaks into the graph
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: the file, its flavour/precision, tensor names, contract, sha256."""
+
+    path: Path
+    flavour: str
+    precision: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    opset: int
+    contract: ContractReport
+    sha256: str
+
+    def summary(self) -> str:
+        return (
+            f"exported {self.path} ({self.flavour}, {self.precision}, opset {self.opset}, "
+            f"input {self.input_names[0]}[batch,{','.join(map(str, self.input_shape))}] -> "
+            f"{', '.join(self.output_names)}); {self.contract.summary()}"
+        )
+
+
+class _Recorder(TorchFunctionMode):
+    """Remembers the first warped image and theta of a forward pass (for extra outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.grid_sample:
+            self.seen.setdefault("warped", out)
+        elif func is F.affine_grid:
+            self.seen.setdefault("theta", args[0] if args else kwargs["theta"])
+        return out
+
+
+class _ExportWrapper(nn.Module):
+    """model(input) -> (logits, *extras) with the names the pipeline fixes."""
+
+    def __init__(self, model: nn.Module, extra_outputs: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.extra_outputs = tuple(extra_outputs)
+        self._warp_seen: dict[str, torch.Tensor] = {}
+        for module in model.modules():
+            if isinstance(module, Warp):
+                module.register_forward_hook(self._on_warp)
+
+    def _on_warp(self, module, args, output) -> None:
+        if isinstance(output, (tuple, list)) and len(output) == 2:
+            self._warp_seen.setdefault("warped", output[0])
+            self._warp_seen.setdefault("theta", output[1])
+
+    def forward(self, input: torch.Tensor):
+        self._warp_seen = {}
+        recorder = _Recorder() if self.extra_outputs else contextlib.nullcontext()
+        with recorder:
+            out = self.model(input)
+        logits = _logits(out)
+        if not self.extra_outputs:
+            return logits
+        seen = {**recorder.seen, **self._warp_seen}  # a Warp's own theta beats affine_grid's
+        missing = [name for name in self.extra_outputs if name not in seen]
+        if missing:
+            raise ExportError(
+                f"extra output(s) {missing} requested, but the model produced none: it calls "
+                "neither F.grid_sample/F.affine_grid nor a stn_deploy Warp module"
+            )
+        return (logits, *(seen[name].to(input.dtype) for name in self.extra_outputs))
+
+
+def _logits(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ExportError(
+        f"the model returned {type(out).__name__}; expected logits as a tensor, the first item "
+        "of a tuple, or a dict with key 'logits'"
+    )
+
+
+class _Fp32Island(nn.Module):
+    """Runs a Warp in fp32 inside an fp16 model: coordinates and sampling at full precision."""
+
+    def __init__(self, warp: nn.Module) -> None:
+        super().__init__()
+        self.warp = warp.float()
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor):
+        warped, theta = self.warp(x.float(), params.float())
+        return warped.to(x.dtype), theta.to(x.dtype)
+
+
+def _replace_warps(model: nn.Module, factory) -> nn.Module:
+    for name, child in list(model.named_children()):
+        if isinstance(child, Warp):
+            setattr(model, name, factory(child))
+        else:
+            _replace_warps(child, factory)
+    return model
+
+
+def _plugin_flavour():
+    try:
+        from stn_deploy.export import plugin_flavour
+    except ImportError as exc:
+        raise ExportError(
+            f"the plugin flavour is not available in this build ({exc}); "
+            "export with --flavour standard"
+        ) from exc
+    return plugin_flavour
+
+
+def _validate(flavour: str, precision: str, extra_outputs: Sequence[str], shape) -> None:
+    if flavour not in FLAVOURS:
+        raise ExportError(f"flavour {flavour!r} is not one of {FLAVOURS}; e.g. flavour='standard'")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not one of {PRECISIONS}; e.g. 'fp16'")
+    bad = [e for e in extra_outputs if e not in EXTRA_OUTPUTS]
+    if bad:
+        raise ExportError(f"unknown extra output(s) {bad}; choose from {EXTRA_OUTPUTS}")
+    if len(shape) not in (3, 4) or any(int(d) <= 0 for d in shape):
+        raise ExportError(f"input shape {tuple(shape)} must be (C,H,W) or (N,C,H,W), e.g. 1,28,28")
+
+
+def _run_exporter(wrapper, example, output_names, table, opset) -> ir.Model:
+    batch = torch.export.Dim("batch", min=1)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # torchvision-missing notices are noise here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+            chatter = (
+                contextlib.nullcontext()
+                if log.isEnabledFor(logging.DEBUG)
+                else contextlib.redirect_stdout(_Null())
+            )
+            with chatter:
+                program = torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=list(output_names),
+                    dynamic_shapes=({0: batch},),
+                    custom_translation_table=table,
+                    optimize=True,
+                    verbose=False,
+                )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many types; keep its message
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+    return program.model
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def export_module(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    out_path: str | os.PathLike,
+    *,
+    flavour: str = "standard",
+    precision: str = "fp32",
+    extra_outputs: Sequence[str] = (),
+    opset: int = OPSET,
+) -> ExportResult:
+    """Export ``model`` for inputs of ``input_shape`` (batch dim ignored: always dynamic).
+
+    Writes ``out_path``, runs the contract check, and raises ContractError (after writing, so
+    the file can be inspected) if the graph breaks the TensorRT contract.
+    """
+    _validate(flavour, precision, extra_outputs, input_shape)
+    chw = tuple(int(d) for d in input_shape[-3:])
+    model = copy.deepcopy(model).eval().float()
+    table = standard_translation_table()
+    pf = None
+    if flavour == "plugin":
+        pf = _plugin_flavour()
+        model = pf.swap_warps(model)
+        table.update(pf.custom_translation_table())
+    if precision == "fp16":
+        model = _replace_warps(model.half(), _Fp32Island)
+    output_names = ("logits", *extra_outputs)
+    wrapper = _ExportWrapper(model, extra_outputs).eval()
+    example = torch.randn(TRACE_BATCH, *chw, dtype=_DTYPES[precision])
+    ir_model = _run_exporter(wrapper, example, output_names, table, opset)
+    if precision == "fp16":
+        rewired = passes.drop_fp16_round_trips(ir_model)
+        log.debug("fp16: kept %d grid(s) in fp32", rewired)
+    passes.pin_ir_version(ir_model)
+    ir_model.metadata_props.update(
+        {"stn_deploy.flavour": flavour, "stn_deploy.precision": precision}
+    )
+    proto = ir.serde.serialize_model(ir_model)
+    if pf is not None:
+        proto = pf.fuse(proto)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = proto.SerializeToString()
+    out.write_bytes(data)
+    report = check_model(proto)
+    report = ContractReport(source=str(out), findings=report.findings)
+    result = ExportResult(
+        path=out,
+        flavour=flavour,
+        precision=precision,
+        input_names=tuple(i.name for i in proto.graph.input),
+        output_names=tuple(o.name for o in proto.graph.output),
+        input_shape=chw,
+        opset=opset,
+        contract=report,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    if not report:
+        raise ContractError(f"{out} breaks the TensorRT contract:\n{report.format()}")
+    return result
+
+
+def export_checkpoint(ckpt_dir: str | os.PathLike, out_path: str | os.PathLike, **options):
+    """Export the model of a checkpoint directory; options as for :func:`export_module`."""
+    from stn_deploy.export.loading import load_checkpoint
+
+    loaded = load_checkpoint(ckpt_dir)
+    return export_module(loaded.model, loaded.input_shape, out_path, **options)
+
+
+def onnx_input_dtype(path: str | os.PathLike) -> str:
+    """'float16' or 'float32': the element type of the model's first input."""
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    elem = model.graph.input[0].type.tensor_type.elem_type
+    return "float16" if elem == onnx.TensorProto.FLOAT16 else "float32"

@@ -200,8 +200,9 @@ class DynamicBatcher:
         deadline = None if timeout is None else now + timeout
         step = self.config.max_batch
         items = [
-            _Item({k: v[i : i + step] for k, v in checked.items()}, min(step, rows - i), now,
-                  deadline)
+            _Item(
+                {k: v[i : i + step] for k, v in checked.items()}, min(step, rows - i), now, deadline
+            )
             for i in range(0, rows, step)
         ]
         self._enqueue(items, rows)

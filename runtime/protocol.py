@@ -1,0 +1,322 @@
+"""KServe v2 / Open Inference Protocol bodies <-> numpy: pure decode and encode, no I/O.
+
+Covers JSON tensors and Triton's binary tensor data extension: a request body may be a JSON
+header of ``Inference-Header-Content-Length`` bytes followed by the raw little-endian bytes of
+every input whose ``parameters.binary_data_size`` is set, in input order; outputs are returned
+the same way when the request asks for ``binary_data`` (per output) or ``binary_data_output``
+(for all). Every rejection is a :class:`ProtocolError` carrying the HTTP status to answer with
+and a message that names what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stn_deploy.errors import StnDeployError
+from stn_deploy.runtime.session import TensorSpec
+
+__all__ = [
+    "DATATYPES",
+    "ProtocolError",
+    "RequestedOutput",
+    "InferRequest",
+    "decode_infer_request",
+    "encode_infer_response",
+    "model_metadata",
+    "error_body",
+    "HEADER_LENGTH",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# KServe v2 datatype -> numpy dtype (BYTES is not a tensor type any STN uses).
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+_NUMPY_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
+
+
+class ProtocolError(StnDeployError):
+    """A request the server cannot accept; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded request: inputs as arrays and the outputs to send back, in order."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...]
+    batch_size: int
+
+
+def datatype_of(dtype: Any) -> str:
+    """The v2 datatype name of a numpy dtype."""
+    try:
+        return _NUMPY_TO_V2[np.dtype(dtype)]
+    except KeyError:
+        raise ProtocolError(f"dtype {dtype} has no KServe v2 datatype", 500) from None
+
+
+def _describe(spec: TensorSpec) -> str:
+    dims = ",".join(str(d) if isinstance(d, int) else "-1" for d in spec.shape)
+    return f"{spec.name} [{dims}] {datatype_of(spec.dtype)}"
+
+
+def _parse_header(body: bytes, header_length: str | int | None) -> tuple[dict, memoryview]:
+    if header_length is None:
+        header, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(
+                f"{HEADER_LENGTH} must be an integer, got {header_length!r}"
+            ) from None
+        if not 0 < n <= len(body):
+            raise ProtocolError(
+                f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes; "
+                "expected the JSON header length, at most the body size"
+            )
+        header, rest = body[:n], body[n:]
+    try:
+        doc = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"invalid JSON in the request header: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise ProtocolError(
+            'expected a JSON object with a non-empty "inputs" list, e.g. {"inputs": [{"name": '
+            '"input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [...]}]}'
+        )
+    return doc, memoryview(rest)
+
+
+def _shape(entry: Mapping, name: str) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ProtocolError(f"input {name!r}: shape must be a list of ints >= 0, got {shape!r}")
+    return tuple(shape)
+
+
+def _check_against_spec(name: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
+    if len(shape) != len(spec.shape) or any(
+        isinstance(want, int) and want != got for want, got in zip(spec.shape, shape)
+    ):
+        raise ProtocolError(
+            f"input {name!r} has shape {list(shape)}, expected {_describe(spec)} "
+            "(-1: any size; the first dimension is the batch)"
+        )
+
+
+def _decode_tensor(
+    entry: Any, spec_by_name: Mapping[str, TensorSpec], binary: memoryview, offset: int
+) -> tuple[str, np.ndarray, int]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ProtocolError(f'each input must be an object with a "name", got {entry!r:.80}')
+    name = entry["name"]
+    spec = spec_by_name.get(name)
+    if spec is None:
+        want = ", ".join(_describe(s) for s in spec_by_name.values())
+        raise ProtocolError(f"unknown input {name!r}; the model expects {want}")
+    want_type = datatype_of(spec.dtype)
+    if entry.get("datatype") != want_type:
+        raise ProtocolError(
+            f"input {name!r} has datatype {entry.get('datatype')!r}, expected {want_type}"
+        )
+    shape = _shape(entry, name)
+    _check_against_spec(name, shape, spec)
+    dtype = np.dtype(spec.dtype)
+    count = math.prod(shape)
+    params = entry.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        need = count * dtype.itemsize
+        if size != need:
+            raise ProtocolError(
+                f"input {name!r}: binary_data_size is {size} bytes, but shape {list(shape)} "
+                f"of {want_type} needs {need}"
+            )
+        if offset + need > len(binary):
+            raise ProtocolError(
+                f"truncated binary payload: input {name!r} needs {need} bytes at offset "
+                f"{offset}, only {len(binary) - offset} follow the JSON header"
+            )
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        return name, array.reshape(shape), offset + need
+    if "data" not in entry:
+        raise ProtocolError(f'input {name!r} has neither "data" nor binary_data_size')
+    try:
+        array = np.asarray(entry["data"], dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"input {name!r}: data is not a list of {want_type}: {exc}") from None
+    if array.size != count:
+        raise ProtocolError(
+            f"input {name!r}: {array.size} values for shape {list(shape)}, expected {count}"
+        )
+    return name, array.reshape(shape), offset
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ProtocolError(
+                f"input {name!r} contains {int(bad.sum())} NaN/Inf values (first at flat index "
+                f"{first}); expected finite numbers"
+            )
+
+
+def _requested_outputs(doc: dict, output_names: Sequence[str]) -> tuple[RequestedOutput, ...]:
+    params = doc.get("parameters") or {}
+    default_binary = bool(params.get("binary_data_output", False))
+    wanted = doc.get("outputs")
+    if wanted is None:
+        return tuple(RequestedOutput(n, default_binary) for n in output_names)
+    if not isinstance(wanted, list):
+        raise ProtocolError(f'"outputs" must be a list, got {type(wanted).__name__}')
+    result = []
+    for entry in wanted:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in output_names:
+            raise ProtocolError(f"unknown output {name!r}; the model has {', '.join(output_names)}")
+        out_params = entry.get("parameters") or {}
+        result.append(RequestedOutput(name, bool(out_params.get("binary_data", default_binary))))
+    return tuple(result)
+
+
+def decode_infer_request(
+    body: bytes,
+    header_length: str | int | None,
+    inputs: Sequence[TensorSpec],
+    output_names: Sequence[str],
+    *,
+    max_batch_size: int | None = None,
+) -> InferRequest:
+    """Parse and validate one ``/infer`` body against the model's input specs."""
+    doc, binary = _parse_header(body, header_length)
+    spec_by_name = {s.name: s for s in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in doc["inputs"]:
+        name, array, offset = _decode_tensor(entry, spec_by_name, binary, offset)
+        if name in arrays:
+            raise ProtocolError(f"input {name!r} appears twice")
+        arrays[name] = array
+    if offset != len(binary):
+        raise ProtocolError(
+            f"{len(binary) - offset} bytes follow the inputs' binary data; expected none "
+            "(binary_data_size must add up to the bytes after the JSON header)"
+        )
+    missing = [s.name for s in inputs if s.name not in arrays]
+    if missing:
+        want = ", ".join(_describe(s) for s in inputs)
+        raise ProtocolError(f"missing input(s) {missing}; the model expects {want}")
+    batches = {a.shape[0] for a in arrays.values()}
+    if len(batches) != 1 or 0 in batches:
+        raise ProtocolError(f"inputs must share one batch size >= 1, got {sorted(batches)}")
+    batch = batches.pop()
+    if max_batch_size is not None and batch > max_batch_size:
+        raise ProtocolError(
+            f"batch of {batch} samples exceeds this server's limit of {max_batch_size} per "
+            "request; split it",
+            413,
+        )
+    for name, array in arrays.items():
+        _check_finite(name, array)
+    request_id = doc.get("id")
+    return InferRequest(
+        id=None if request_id is None else str(request_id),
+        inputs=arrays,
+        outputs=_requested_outputs(doc, output_names),
+        batch_size=batch,
+    )
+
+
+def encode_infer_response(
+    model_name: str,
+    request: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+    model_version: str = "1",
+) -> tuple[bytes, dict[str, str]]:
+    """Build the response body and headers for the requested outputs."""
+    entries = []
+    chunks: list[bytes] = []
+    for want in request.outputs:
+        array = np.asarray(outputs[want.name])
+        entry: dict[str, Any] = {
+            "name": want.name,
+            "datatype": datatype_of(array.dtype),
+            "shape": list(array.shape),
+        }
+        if want.binary:
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["outputs"] = entries
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *chunks]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def model_metadata(
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    platform: str,
+    versions: Sequence[str] = ("1",),
+) -> dict:
+    """The ``GET /v2/models/{name}`` document."""
+
+    def tensor(spec: TensorSpec) -> dict:
+        dims = [d if isinstance(d, int) else -1 for d in spec.shape]
+        return {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": dims}
+
+    return {
+        "name": name,
+        "versions": list(versions),
+        "platform": platform,
+        "inputs": [tensor(s) for s in inputs],
+        "outputs": [tensor(s) for s in outputs],
+    }
+
+
+def error_body(message: str) -> bytes:
+    """The protocol's error document."""
+    return json.dumps({"error": message}).encode()

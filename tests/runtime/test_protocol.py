@@ -1,0 +1,129 @@
+"""KServe v2 decode/encode as pure functions, checked against tritonclient's own encoder/decoder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.http._utils import _get_inference_request
+
+from stn_deploy.runtime.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+    model_metadata,
+)
+from stn_deploy.runtime.session import TensorSpec
+
+SPECS = (TensorSpec("input", (None, 1, 4, 4), "float32"),)
+OUTS = ("logits", "theta")
+
+
+def _client_body(x, binary=True, outputs=None):
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return _get_inference_request([inp], "req-7", outputs, 0, False, False, 0, None, None)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_decodes_what_tritonclient_sends(rng, binary):
+    x = rng.standard_normal((3, 1, 4, 4)).astype(np.float32)
+    body, header_len = _client_body(x, binary)
+    req = decode_infer_request(body, header_len, SPECS, OUTS)
+    np.testing.assert_array_equal(req.inputs["input"], x)
+    assert req.id == "req-7"
+    assert req.batch_size == 3
+    # no outputs named: tritonclient asks for all of them in binary
+    assert [(o.name, o.binary) for o in req.outputs] == [("logits", True), ("theta", True)]
+
+
+def test_requested_outputs_keep_order_and_binary_flag(rng):
+    x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    outs = [httpclient.InferRequestedOutput("theta", binary_data=False)]
+    body, header_len = _client_body(x, True, outs)
+    req = decode_infer_request(body, header_len, SPECS, OUTS)
+    assert [(o.name, o.binary) for o in req.outputs] == [("theta", False)]
+
+
+@pytest.mark.parametrize("binary_outputs", [True, False])
+def test_tritonclient_reads_what_we_encode(rng, binary_outputs):
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    outs = [httpclient.InferRequestedOutput(n, binary_data=binary_outputs) for n in OUTS]
+    body, header_len = _client_body(x, True, outs)
+    req = decode_infer_request(body, header_len, SPECS, OUTS)
+    logits = rng.standard_normal((2, 10)).astype(np.float32)
+    theta = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    payload, headers = encode_infer_response("m", req, {"logits": logits, "theta": theta})
+    result = httpclient.InferResult.from_response_body(
+        payload, header_length=int(headers[HEADER_LENGTH]) if binary_outputs else None
+    )
+    np.testing.assert_array_equal(result.as_numpy("logits"), logits)
+    np.testing.assert_array_equal(result.as_numpy("theta"), theta)
+    assert result.get_response()["id"] == "req-7"
+    assert (HEADER_LENGTH in headers) is binary_outputs
+
+
+def _json_body(**entry):
+    base = {"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": [0.5] * 16}
+    base.update(entry)
+    return json.dumps({"inputs": [base]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "header_len", "status", "message"),
+    [
+        (b"{not json", None, 400, "invalid JSON"),
+        (b'{"outputs": []}', None, 400, 'non-empty "inputs"'),
+        (_json_body(name="image"), None, 400, "unknown input 'image'; the model expects input"),
+        (_json_body(datatype="FP64"), None, 400, "datatype 'FP64', expected FP32"),
+        (_json_body(shape=[1, 1, 5, 4]), None, 400, r"shape \[1, 1, 5, 4\], expected input"),
+        (_json_body(shape=[1, 4, 4]), None, 400, r"expected input \[-1,1,4,4\] FP32"),
+        (_json_body(data=[0.5] * 15), None, 400, "15 values for shape"),
+        (_json_body(data=["a"] * 16), None, 400, "not a list of FP32"),
+        (_json_body(data=[0.5] * 15 + [float("nan")]), None, 400, "1 NaN/Inf values"),
+        (_json_body(data=[float("inf")] * 16), None, 400, "16 NaN/Inf"),
+        (_json_body(shape=[0, 1, 4, 4], data=[]), None, 400, "batch size >= 1"),
+        (_json_body(shape=[-1, 1, 4, 4]), None, 400, "list of ints >= 0"),
+        (_json_body(), "12x", 400, "must be an integer"),
+        (_json_body(), 10_000, 400, "at most the body size"),
+    ],
+)
+def test_bad_requests_name_expected_and_got(body, header_len, status, message):
+    with pytest.raises(ProtocolError, match=message) as err:
+        decode_infer_request(body, header_len, SPECS, OUTS)
+    assert err.value.status == status
+
+
+def test_truncated_binary_payload(rng):
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    body, header_len = _client_body(x)
+    with pytest.raises(ProtocolError, match="truncated binary payload: .* needs 128 bytes"):
+        decode_infer_request(body[:-5], header_len, SPECS, OUTS)
+    with pytest.raises(ProtocolError, match="5 bytes follow"):
+        decode_infer_request(body + b"extra", header_len, SPECS, OUTS)
+
+
+def test_oversized_batch_is_413(rng):
+    x = rng.standard_normal((9, 1, 4, 4)).astype(np.float32)
+    body, header_len = _client_body(x)
+    with pytest.raises(ProtocolError, match="batch of 9 samples exceeds .* limit of 8") as err:
+        decode_infer_request(body, header_len, SPECS, OUTS, max_batch_size=8)
+    assert err.value.status == 413
+
+
+def test_unknown_requested_output():
+    body = json.loads(_json_body())
+    body["outputs"] = [{"name": "warped_image"}]
+    with pytest.raises(ProtocolError, match="unknown output 'warped_image'; the model has logits"):
+        decode_infer_request(json.dumps(body).encode(), None, SPECS, OUTS)
+
+
+def test_metadata_and_error_documents():
+    meta = model_metadata("tutorial", SPECS, [TensorSpec("logits", (None, 10))], "onnxruntime")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 4, 4]}]
+    assert meta["outputs"][0]["shape"] == [-1, 10]
+    assert json.loads(error_body("boom")) == {"error": "boom"}

@@ -1,0 +1,503 @@
+"""Build a TensorRT engine from an exported ONNX file, and write its sidecar.
+
+``build_engine`` is what ``stn-deploy build`` runs: it inspects the ONNX (input shape, fp32 or
+fp16, built-in GridSample or our plugin nodes), loads the plugin library into TensorRT's
+registry when the graph needs it, parses with TensorRT's ONNX parser (errors listed node by
+node), builds with one optimisation profile over the batch, and writes the engine and its
+JSON sidecar atomically.
+
+TensorRT 10 vs 11 (see ../shared/DESIGN.md): 10.x builds fp16 from an fp32 graph with the FP16
+builder flag, and an fp16 graph as a strongly typed network; 11.x has only strongly typed
+networks, so an fp16 engine needs the fp16 ONNX (``stn-deploy export ... --precision fp16``).
+fp32 engines are built with TF32 off, or convolutions would miss the 1e-4 parity target.
+
+The TensorRT calls are written against the documented Python API and are not run on this
+repository's CI machines (no GPU); the pure parts (profile defaults, precision planning, ONNX
+inspection, parser-error formatting) are unit-tested on the CPU.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stn_deploy.export.errors import ExportError
+from stn_deploy.runtime import engine_meta
+from stn_deploy.runtime.engine_meta import BatchProfile, EngineMeta
+
+__all__ = [
+    "EngineBuildError",
+    "OnnxInfo",
+    "PrecisionPlan",
+    "BuildResult",
+    "resolve_batch_profile",
+    "inspect_onnx",
+    "plan_precision",
+    "format_parser_errors",
+    "find_plugin",
+    "build_engine",
+    "trt_available",
+    "demo_trt_step",
+]
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+PLUGIN_DOMAIN = "stn"
+DEFAULTS = BatchProfile()
+
+
+class EngineBuildError(ExportError):
+    """TensorRT could not parse or build the ONNX file, or the request cannot be built."""
+
+
+# -- pure parts --------------------------------------------------------------------------------
+def resolve_batch_profile(
+    min_batch: int | None = None, opt_batch: int | None = None, max_batch: int | None = None
+) -> BatchProfile:
+    """Fill unset batch sizes from the defaults (1 / 32 / 256) so that min <= opt <= max holds.
+
+    A default never contradicts what the user set: ``--max-batch 8`` alone gives 1/8/8, and
+    ``--min-batch 300`` alone gives 300/300/300. Contradicting explicit values raise
+    EngineBuildError naming them.
+    """
+    lo = min_batch if min_batch is not None else DEFAULTS.min
+    hi = max_batch if max_batch is not None else max(DEFAULTS.max, lo, opt_batch or 0)
+    opt = opt_batch if opt_batch is not None else min(max(DEFAULTS.opt, lo), hi)
+    try:
+        return BatchProfile(lo, opt, hi)
+    except ValueError as exc:
+        raise EngineBuildError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the build needs to know about an ONNX file."""
+
+    input_name: str
+    input_shape: tuple[int, ...]  # per-sample [C, H, W]
+    batch_dynamic: bool
+    precision: str  # "fp32" | "fp16"
+    flavour: str  # "builtin" | "plugin"
+    plugin_ops: tuple[str, ...] = ()
+
+
+_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+_FLOAT = 1
+
+
+def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
+    """Read input name/shape, precision and flavour from an ONNX file (weights not loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngineBuildError(
+            f"ONNX file {str(path)!r} does not exist; export one with: "
+            "stn-deploy export CKPT_DIR --out model.onnx"
+        )
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError
+        raise EngineBuildError(f"{str(path)!r} is not an ONNX model ({exc})") from exc
+    return info_from_model(model, str(path))
+
+
+def info_from_model(model, where: str = "the model") -> OnnxInfo:
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise EngineBuildError(
+            f"{where} has {len(inputs)} inputs ({[i.name for i in inputs]}); stn-deploy builds "
+            "single-input image models [N, C, H, W]"
+        )
+    tensor_type = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    if len(dims) != 4 or any(d is None for d in dims[1:]):
+        shown = ["?" if d is None else d for d in dims]
+        raise EngineBuildError(
+            f"input {inputs[0].name!r} of {where} has shape {shown}; expected [N, C, H, W] with "
+            "fixed C, H, W (only the batch may be dynamic)"
+        )
+    plugin_ops = sorted({n.op_type for n in graph.node if n.domain == PLUGIN_DOMAIN})
+    uses_domain = any(op.domain == PLUGIN_DOMAIN for op in model.opset_import)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("precision") in ("fp32", "fp16"):
+        precision = meta["precision"]
+    elif tensor_type.elem_type == _FLOAT16 or any(
+        init.data_type == _FLOAT16 for init in graph.initializer
+    ):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return OnnxInfo(
+        input_name=inputs[0].name,
+        input_shape=tuple(int(d) for d in dims[1:]),
+        batch_dynamic=dims[0] is None,
+        precision=precision,
+        flavour="plugin" if (plugin_ops or uses_domain) else "builtin",
+        plugin_ops=tuple(plugin_ops),
+    )
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    precision: str
+    strongly_typed: bool
+    fp16_flag: bool
+
+
+def plan_precision(requested: str | None, onnx_precision: str, trt_major: int,
+                   onnx_path: str = "MODEL.onnx") -> PrecisionPlan:  # fmt: skip
+    """Decide network typing and builder flags, or refuse with the command that fixes it."""
+    if requested not in (None, "fp32", "fp16"):
+        raise EngineBuildError(f"precision must be fp32 or fp16, got {requested!r}")
+    if trt_major < 10:
+        raise EngineBuildError(
+            f"TensorRT {trt_major}.x is too old: stn-deploy needs TensorRT >= 10.0 "
+            "(IPluginV3, tensor-name I/O); pip install --upgrade tensorrt"
+        )
+    want = requested or onnx_precision
+    if onnx_precision == "fp16":
+        if want == "fp32":
+            raise EngineBuildError(
+                f"{onnx_path} is an fp16 graph and cannot make an fp32 engine; export an fp32 "
+                "ONNX with: stn-deploy export CKPT_DIR --out model.onnx --precision fp32"
+            )
+        return PrecisionPlan("fp16", strongly_typed=True, fp16_flag=False)
+    if want == "fp16":
+        if trt_major >= 11:
+            raise EngineBuildError(
+                f"TensorRT {trt_major} builds only strongly typed networks (no FP16 builder "
+                f"flag), and {onnx_path} is fp32. Export the fp16 graph and build that: "
+                "stn-deploy export CKPT_DIR --out model-fp16.onnx --precision fp16 && "
+                "stn-deploy build model-fp16.onnx --out model-fp16.engine"
+            )
+        return PrecisionPlan("fp16", strongly_typed=False, fp16_flag=True)
+    return PrecisionPlan("fp32", strongly_typed=trt_major >= 11, fp16_flag=False)
+
+
+def format_parser_errors(errors: Sequence, where: str) -> str:
+    """One line per TensorRT ONNX-parser error: node index, name, op, error code, description."""
+    lines = [f"TensorRT's ONNX parser rejected {where} ({len(errors)} error(s)):"]
+    for error in errors:
+        node = _call(error, "node", -1)
+        name = _call(error, "node_name", "")
+        op = _call(error, "node_operator", "")
+        code = _call(error, "code", "?")
+        code = getattr(code, "name", str(code).rsplit(".", 1)[-1])
+        label = f"node {node}" if node is not None and node >= 0 else "graph"
+        bits = (f"name {name!r}" if name else "", f"op {op}" if op else "")
+        detail = ", ".join(bit for bit in bits if bit)
+        where_in = f"{label} ({detail})" if detail else label
+        lines.append(f"  {where_in}: [{code}] {_call(error, 'desc', '')}")
+    return "\n".join(lines)
+
+
+def _call(obj, method: str, default):
+    fn = getattr(obj, method, None)
+    try:
+        return fn() if callable(fn) else default
+    except Exception:  # an older binding may lack or fail on a newer accessor
+        return default
+
+
+# -- the build ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildResult:
+    engine_path: Path
+    sidecar_path: Path
+    meta: EngineMeta
+    seconds: float
+
+    def summary(self) -> str:
+        m = self.meta
+        size = self.engine_path.stat().st_size / 2**20 if self.engine_path.exists() else 0.0
+        return (
+            f"built {self.engine_path} ({size:.1f} MiB) in {self.seconds:.1f} s: {m.flavour} "
+            f"{m.precision}, batch {m.batch.min}/{m.batch.opt}/{m.batch.max}, TensorRT "
+            f"{m.tensorrt_version} on {m.gpu_name} (sm {m.compute_capability})"
+        )
+
+
+def _import_trt():
+    from stn_deploy.runtime.session import BackendUnavailableError
+    from stn_deploy.runtime.trt import import_tensorrt
+
+    try:
+        return import_tensorrt()
+    except BackendUnavailableError as exc:
+        raise EngineBuildError(str(exc)) from exc
+
+
+def _progress_monitor(trt, report: Callable[[str], None]):
+    """A trt.IProgressMonitor that reports top-level phases (None if this TensorRT lacks it)."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(base):
+        def __init__(self) -> None:
+            base.__init__(self)
+            self.started: dict[str, float] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.started[phase_name] = time.perf_counter()
+            if parent_phase is None:
+                report(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return True  # returning False would cancel the build
+
+        def phase_finish(self, phase_name):
+            started = self.started.pop(phase_name, None)
+            if started is not None and not self.started:
+                report(f"  {phase_name} done in {time.perf_counter() - started:.1f} s")
+
+    return Monitor()
+
+
+def find_plugin(info: OnnxInfo, plugin_lib, onnx_path: Path) -> Path | None:
+    """The plugin library a plugin-flavour graph needs (None for the built-in flavour)."""
+    if info.flavour != "plugin":
+        if plugin_lib:
+            log.warning("%s uses no stn plugin nodes; --plugin-lib is not needed", onnx_path)
+        return None
+    path, tried = engine_meta.locate_plugin_library(plugin_lib)
+    if path is None:
+        ops = ", ".join(info.plugin_ops) or "domain stn"
+        raise EngineBuildError(
+            engine_meta.missing_plugin_message(tried, f"{onnx_path} (plugin flavour: {ops})")
+        )
+    return path
+
+
+def _load_plugin(trt, path: Path | None) -> None:
+    if path is not None and trt.get_plugin_registry().load_library(str(path)) is None:
+        raise EngineBuildError(
+            f"TensorRT could not load the plugin library {path} (see the TensorRT log above); "
+            "rebuild it for this TensorRT with `stn-deploy plugins build`"
+        )
+
+
+def _parse(trt, builder, logger, plan: PrecisionPlan, onnx_path: Path):
+    flags = 0
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if plan.strongly_typed and strongly is not None:
+        flags |= 1 << int(strongly)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(onnx_path))  # from a file: external weights resolve
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    if not ok or errors:
+        raise EngineBuildError(format_parser_errors(errors, str(onnx_path)))
+    return network, parser
+
+
+def _configure(trt, builder, config, info: OnnxInfo, plan, profile: BatchProfile, opts) -> None:
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if opts.get("workspace_mib"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts["workspace_mib"]) << 20)
+    shapes = builder.create_optimization_profile()
+    shapes.set_shape(info.input_name, *profile.shapes(info.input_shape))
+    config.add_optimization_profile(shapes)
+    if opts.get("version_compatible"):
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    cache_path = opts.get("timing_cache")
+    if cache_path:
+        blob = Path(cache_path).read_bytes() if Path(cache_path).is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            log.warning("timing cache %s is from another GPU/TensorRT; starting a fresh one",
+                        cache_path)  # fmt: skip
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    plugin_lib: str | os.PathLike | None = None,
+    precision: str | None = None,
+    min_batch: int | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    timing_cache: str | os.PathLike | None = None,
+    version_compatible: bool = False,
+    workspace_mib: int | None = None,
+    device: int = 0,
+    report: Callable[[str], None] = print,
+) -> BuildResult:
+    """Build ``onnx_path`` into ``out_path`` (+ ``out_path.json``); see the module docstring."""
+    from stn_deploy import __version__
+    from stn_deploy.runtime.cuda_util import load_cuda
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    info = inspect_onnx(onnx_path)
+    profile = resolve_batch_profile(min_batch, opt_batch, max_batch)
+    plugin = find_plugin(info, plugin_lib, onnx_path)
+    trt = _import_trt()
+    major = engine_meta.version_tuple(trt.__version__)[0]
+    plan = plan_precision(precision, info.precision, major, str(onnx_path))
+    gpu = load_cuda(device).info()
+    report(f"building {onnx_path} ({info.flavour}, {plan.precision}) with TensorRT "
+           f"{trt.__version__} on {gpu.name}")  # fmt: skip
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    _load_plugin(trt, plugin)
+    builder = trt.Builder(logger)
+    network, _parser = _parse(trt, builder, logger, plan, onnx_path)
+    config = builder.create_builder_config()
+    opts = {"workspace_mib": workspace_mib, "version_compatible": version_compatible,
+            "timing_cache": timing_cache}  # fmt: skip
+    _configure(trt, builder, config, info, plan, profile, opts)
+    embedded = bool(version_compatible and plugin)
+    if embedded:
+        config.plugins_to_serialize = [str(plugin)]  # the library travels inside the engine
+    monitor = _progress_monitor(trt, report)
+    if monitor is not None:
+        config.progress_monitor = monitor
+
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT could not build {onnx_path} (see its log above); try a larger "
+            "--workspace, or check the graph with: stn-deploy check " + str(onnx_path)
+        )
+    data = bytes(serialized)
+    engine_meta.atomic_write(out_path, data)
+    if timing_cache:
+        engine_meta.atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    meta = EngineMeta(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        onnx_path=str(onnx_path),
+        onnx_sha256=engine_meta.sha256_file(onnx_path),
+        precision=plan.precision,
+        flavour=info.flavour,
+        input_name=info.input_name,
+        input_shape=info.input_shape,
+        batch=profile,
+        plugin_lib=str(plugin) if plugin else None,
+        plugin_sha256=engine_meta.sha256_file(plugin) if plugin else None,
+        plugin_embedded=embedded,
+        version_compatible=version_compatible,
+        workspace_mib=workspace_mib,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+        build_seconds=round(seconds, 3),
+        built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        stn_deploy_version=__version__,
+    )
+    sidecar = engine_meta.write_meta(out_path, meta)
+    result = BuildResult(out_path, sidecar, meta, seconds)
+    report(result.summary())
+    return result
+
+
+# -- the demo's TensorRT step ------------------------------------------------------------------
+def trt_available(device: int = 0) -> tuple[bool, str]:
+    """(True, "TensorRT x on GPU") when engines can be built and run here, else (False, why)."""
+    from stn_deploy.runtime.session import BackendUnavailableError
+    from stn_deploy.runtime.trt import import_tensorrt
+
+    try:
+        trt = import_tensorrt()
+    except BackendUnavailableError as exc:
+        return False, str(exc)
+    from stn_deploy.runtime.cuda_util import load_cuda
+
+    try:
+        gpu = load_cuda(device).info()
+    except BackendUnavailableError as exc:
+        return False, f"TensorRT {trt.__version__} is installed but {exc}"
+    return True, f"TensorRT {trt.__version__} on {gpu.name} (sm {gpu.compute_capability})"
+
+
+def demo_trt_step(
+    onnx_paths: Mapping[str, str | os.PathLike],
+    workdir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    batch: int = 64,
+    report: Callable[[str], None] = lambda line: None,
+) -> str:
+    """Build an engine per flavour, compare each with a reference, return one summary line.
+
+    ``onnx_paths`` maps flavour ("builtin"/"plugin", or "standard") to an fp32 ONNX file. The
+    reference is the PyTorch model of ``checkpoint`` when given, else ONNX Runtime on the
+    built-in flavour. Returns "skipped: <why>" when TensorRT or a GPU is absent, or a plugin
+    engine cannot be built because the library is missing (the other flavour still runs).
+    """
+    import numpy as np
+
+    from stn_deploy.runtime.backends import open_session
+
+    ok, why = trt_available()
+    if not ok:
+        return f"TensorRT: skipped: {why}"
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    first = next(iter(onnx_paths.values()))
+    info = inspect_onnx(first)
+    x = np.random.default_rng(0).standard_normal((batch, *info.input_shape)).astype(np.float32)
+    reference = _reference_logits(x, checkpoint, onnx_paths)
+    parts = []
+    for flavour, onnx_path in onnx_paths.items():
+        engine = workdir / f"{Path(onnx_path).stem}.engine"
+        try:
+            build_engine(onnx_path, engine, max_batch=max(batch, 1), opt_batch=batch,
+                         report=report)  # fmt: skip
+        except EngineBuildError as exc:
+            if "plugin library" in str(exc):
+                parts.append(f"{flavour} skipped: plugin library not built")
+                continue
+            raise
+        with open_session(engine, "trt") as sess:
+            out = sess.infer({sess.input_names[0]: x})[sess.output_names[0]]
+            started = time.perf_counter()
+            for _ in range(20):
+                sess.infer({sess.input_names[0]: x})
+            ms = (time.perf_counter() - started) / 20 * 1e3
+        err = float(np.max(np.abs(out - reference)))
+        agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
+        parts.append(f"{flavour} max|err| {err:.2e}, top-1 agree {agree:.1%}, {ms:.2f} ms/{batch}")
+    return f"TensorRT ({why}): " + "; ".join(parts)
+
+
+def _reference_logits(x, checkpoint, onnx_paths: Mapping) -> np.ndarray:
+    if checkpoint is not None:
+        import torch
+
+        from stn_deploy.models import load_model  # written by the models package
+
+        model = load_model(checkpoint)
+        model = model[0] if isinstance(model, tuple) else model
+        with torch.inference_mode():
+            out = model.eval()(torch.from_numpy(x))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.numpy()
+    from stn_deploy.runtime.backends import open_session
+
+    standard = next((p for f, p in onnx_paths.items() if f in ("builtin", "standard")), None)
+    if standard is None:
+        raise EngineBuildError("demo_trt_step needs a checkpoint or a built-in-flavour ONNX")
+    with open_session(standard, "ort") as sess:
+        return sess.infer({sess.input_names[0]: x})[sess.output_names[0]]
+

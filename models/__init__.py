@@ -1,6 +1,27 @@
 """STN architectures, distorted-digit data, training and checkpoints."""
 
+from stn_deploy.models.checkpoint import (
+    LoadedModel,
+    load_model,
+    load_user_model,
+    save_checkpoint,
+    shipped_checkpoints,
+)
 from stn_deploy.models.errors import CheckpointError, DataError, ModelError
 from stn_deploy.models.sampling import SamplerConfig, Warp
+from stn_deploy.models.zoo import ARCHS, build_model
 
-__all__ = ["CheckpointError", "DataError", "ModelError", "SamplerConfig", "Warp"]
+__all__ = [
+    "ARCHS",
+    "CheckpointError",
+    "DataError",
+    "LoadedModel",
+    "ModelError",
+    "SamplerConfig",
+    "Warp",
+    "build_model",
+    "load_model",
+    "load_user_model",
+    "save_checkpoint",
+    "shipped_checkpoints",
+]

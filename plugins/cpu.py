@@ -1,0 +1,165 @@
+"""The CPU build of the GridSample kernels: compiled on first use, called through ctypes.
+
+The library is the same sampling code as the CUDA kernels (src/gridSampleMath.h), built by
+``g++`` (or ``$CXX``) into ``$STN_DEPLOY_CACHE`` (default ``~/.cache/stn-deploy``) under a name
+keyed by the sources' hash, so a fresh clone needs only a compiler and an edit rebuilds it.
+Arrays are NCHW float32; float16 arrays are sampled in float32 and rounded back (exactly what
+the fp16 kernels do: fp16 storage, fp32 math).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from stn_deploy.plugins.errors import PluginBuildError, PluginLoadError
+from stn_deploy.plugins.names import mode_int, padding_int
+
+__all__ = [
+    "SOURCE_DIR",
+    "library_path",
+    "load",
+    "grid_sample",
+    "affine_grid_sample",
+    "projective_grid_sample",
+]
+
+SOURCE_DIR = Path(__file__).resolve().parent / "src"
+_SOURCES = ("cpuGridSample.cpp", "gridSampleMath.h")
+_ABI_VERSION = 1
+# -ffp-contract=off: no FMA contraction, so the host rounds like the kernels' explicit code.
+_FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra")
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_FUNCS = ("stn_grid_sample_f32", "stn_affine_grid_sample_f32", "stn_projective_grid_sample_f32")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("STN_DEPLOY_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "stn-deploy"
+
+
+def _source_hash() -> str:
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update((SOURCE_DIR / name).read_bytes())
+    digest.update(" ".join(_FLAGS).encode())
+    return digest.hexdigest()[:16]
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise PluginBuildError(
+        "no C++ compiler found for the CPU build of the GridSample kernels (tried $CXX, g++, c++, "
+        "clang++); install one, e.g. `apt-get install g++`"
+    )
+
+
+def library_path() -> Path:
+    """Path of the CPU library for the current sources, compiling it if it is not there yet."""
+    target = _cache_dir() / f"libstn_gridsample_cpu-{_source_hash()}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cxx = _compiler()
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        cmd = [cxx, *_FLAGS, "-o", str(out), str(SOURCE_DIR / "cpuGridSample.cpp")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PluginBuildError(
+                f"compiling the CPU GridSample library failed ({' '.join(cmd)}):\n{proc.stderr}"
+            )
+        os.replace(out, target)  # atomic: concurrent processes never see a half-written file
+    return target
+
+
+def load() -> ctypes.CDLL:
+    """The loaded CPU library (built on first use), with argument types declared."""
+    global _LIB
+    with _LOCK:
+        if _LIB is None:
+            path = library_path()
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as exc:
+                raise PluginLoadError(
+                    f"could not load {path}: {exc}; delete it to rebuild"
+                ) from exc
+            if lib.stn_cpu_abi_version() != _ABI_VERSION:
+                raise PluginLoadError(f"{path} has C ABI {lib.stn_cpu_abi_version()}, "
+                                      f"expected {_ABI_VERSION}; delete it to rebuild")
+            ptr = ctypes.c_void_p
+            i32 = ctypes.c_int32
+            for name in _FUNCS:
+                fn = getattr(lib, name)
+                fn.restype = i32
+                fn.argtypes = [ptr, ptr, ptr, ctypes.c_int64, *([i32] * 8)]
+            _LIB = lib
+        return _LIB
+
+
+def _as_float32(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{name} must be float32 or float16, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_corners):
+    xf = _as_float32("x", x, 4)
+    cf = _as_float32("coordinates", coords, len(coord_shape))
+    n, c, h, w = xf.shape
+    expected = tuple(n if d == "N" else d for d in coord_shape)
+    if cf.shape != expected:
+        raise ValueError(f"coordinates must have shape {expected} for x {xf.shape}, got {cf.shape}")
+    oh, ow = (int(out_hw[0]), int(out_hw[1]))
+    if h <= 0 or w <= 0 or oh < 0 or ow < 0:
+        raise ValueError(f"bad sizes: input {xf.shape}, output {(oh, ow)}")
+    y = np.empty((n, c, oh, ow), dtype=np.float32)
+    status = getattr(load(), func)(
+        xf.ctypes.data, cf.ctypes.data, y.ctypes.data, n, c, h, w, oh, ow,
+        mode_int(mode), padding_int(padding_mode), int(bool(align_corners)),
+    )
+    if status != 0:
+        raise ValueError(f"{func} rejected its arguments (status {status})")
+    return y.astype(np.float16) if np.asarray(x).dtype == np.float16 else y
+
+
+def grid_sample(x: np.ndarray, grid: np.ndarray, mode: str | int = "bilinear",
+                padding_mode: str | int = "zeros", align_corners: bool = False) -> np.ndarray:
+    """F.grid_sample on numpy: x [N,C,H,W], grid [N,Ho,Wo,2] -> [N,C,Ho,Wo]."""
+    g = np.asarray(grid)
+    if g.ndim != 4 or g.shape[-1] != 2:
+        raise ValueError(f"grid must be [N, Ho, Wo, 2], got shape {g.shape}")
+    shape = ("N", g.shape[1], g.shape[2], 2)
+    return _call("stn_grid_sample_f32", x, g, shape, g.shape[1:3], mode, padding_mode,
+                 align_corners)
+
+
+def affine_grid_sample(x: np.ndarray, theta: np.ndarray, out_hw: tuple[int, int],
+                       mode: str | int = "bilinear", padding_mode: str | int = "zeros",
+                       align_corners: bool = False) -> np.ndarray:
+    """grid_sample(x, affine_grid(theta [N,2,3], out_hw)) without materialising the grid."""
+    return _call("stn_affine_grid_sample_f32", x, theta, ("N", 2, 3), out_hw, mode,
+                 padding_mode, align_corners)
+
+
+def projective_grid_sample(x: np.ndarray, h: np.ndarray, out_hw: tuple[int, int],
+                           mode: str | int = "bilinear", padding_mode: str | int = "zeros",
+                           align_corners: bool = False) -> np.ndarray:
+    """grid_sample at the source points (x, y)/z of homographies h [N,3,3] over the base grid."""
+    return _call("stn_projective_grid_sample_f32", x, h, ("N", 3, 3), out_hw, mode,
+                 padding_mode, align_corners)

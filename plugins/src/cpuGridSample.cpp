@@ -1,0 +1,86 @@
+/*
+ * CPU build of the GridSample kernels: the same __host__ __device__ functions as
+ * gridSampleKernel.cu (gridSampleMath.h), looped over pixels on the host and exposed through a
+ * C ABI for ctypes (stn_deploy.plugins.cpu) and the ONNX Runtime custom ops. fp32 storage; fp16
+ * storage is handled by the caller (load half -> float exactly, store float -> half RNE), which
+ * is what the fp16 kernels do element by element.
+ */
+#include "gridSampleMath.h"
+
+namespace
+{
+
+using stn::GridSampleShape;
+using stn::Interp;
+using stn::Padding;
+using stn::Source;
+
+// Return codes of the C ABI.
+constexpr int32_t kOK = 0;
+constexpr int32_t kBAD_ARGUMENT = 1;
+
+template <Source S, Interp M>
+void sampleAll(float const* in, float const* coords, float* out, GridSampleShape const& s)
+{
+    int32_t const pixels = s.outH * s.outW;
+    for (int64_t n = 0; n < s.batch; ++n)
+    {
+        for (int32_t pix = 0; pix < pixels; ++pix)
+        {
+            stn::samplePixel<S, M, float, float>(in, coords, out, n, pix, s);
+        }
+    }
+}
+
+template <Source S>
+int32_t run(float const* in, float const* coords, float* out, int64_t n, int32_t c, int32_t h, int32_t w,
+    int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    if (in == nullptr || coords == nullptr || out == nullptr || n < 0 || c < 0 || h <= 0 || w <= 0 || outH < 0
+        || outW < 0 || padding < 0 || padding > 2 || static_cast<int64_t>(outH) * outW > INT32_MAX)
+    {
+        return kBAD_ARGUMENT;
+    }
+    GridSampleShape const s{n, c, h, w, outH, outW, static_cast<Padding>(padding), alignCorners != 0};
+    switch (static_cast<Interp>(mode))
+    {
+    case Interp::kBILINEAR: sampleAll<S, Interp::kBILINEAR>(in, coords, out, s); return kOK;
+    case Interp::kNEAREST: sampleAll<S, Interp::kNEAREST>(in, coords, out, s); return kOK;
+    case Interp::kBICUBIC: sampleAll<S, Interp::kBICUBIC>(in, coords, out, s); return kOK;
+    }
+    return kBAD_ARGUMENT;
+}
+
+} // namespace
+
+extern "C"
+{
+
+//! Version of this C ABI; stn_deploy.plugins.cpu checks it after loading.
+int32_t stn_cpu_abi_version()
+{
+    return 1;
+}
+
+//! Y [N,C,outH,outW] = X [N,C,H,W] sampled at grid [N,outH,outW,2]. Returns 0 on success.
+int32_t stn_grid_sample_f32(float const* x, float const* grid, float* y, int64_t n, int32_t c, int32_t h, int32_t w,
+    int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kGRID>(x, grid, y, n, c, h, w, outH, outW, mode, padding, alignCorners);
+}
+
+//! Fused F.affine_grid(theta [N,2,3]) + grid_sample.
+int32_t stn_affine_grid_sample_f32(float const* x, float const* theta, float* y, int64_t n, int32_t c, int32_t h,
+    int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kAFFINE>(x, theta, y, n, c, h, w, outH, outW, mode, padding, alignCorners);
+}
+
+//! Fused homography (h [N,3,3]) grid + grid_sample.
+int32_t stn_projective_grid_sample_f32(float const* x, float const* hom, float* y, int64_t n, int32_t c, int32_t h,
+    int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kPROJECTIVE>(x, hom, y, n, c, h, w, outH, outW, mode, padding, alignCorners);
+}
+
+} // extern "C"

@@ -1,0 +1,120 @@
+/*
+ * CUDA kernels of the GridSample plugin. One thread per output pixel computes the pixel's taps
+ * and weights once (they do not depend on the channel) and loops over the channels with them.
+ * The fused affine/projective kernels compute the source point from theta/h in registers and
+ * never write a grid tensor. Batch runs along gridDim.y (strided when N > 65535); pixels along x
+ * with a 32-bit index (Ho*Wo < 2^31 is checked); every tensor offset is 64-bit.
+ */
+#include "gridSampleKernel.h"
+
+#include <limits>
+
+namespace stn
+{
+namespace
+{
+
+constexpr int32_t kBLOCK = 256;
+constexpr int64_t kMAX_GRID_X = 1 << 16;
+constexpr int64_t kMAX_GRID_Y = 65535;
+
+template <Source S, Interp M, typename T, typename G>
+__global__ void __launch_bounds__(kBLOCK, 2) gridSampleKernel(
+    T const* __restrict__ input, G const* __restrict__ coords, T* __restrict__ output, GridSampleShape shape)
+{
+    int32_t const pixels = shape.outH * shape.outW;
+    for (int64_t n = blockIdx.y; n < shape.batch; n += gridDim.y)
+    {
+        for (int32_t pix = blockIdx.x * kBLOCK + threadIdx.x; pix < pixels; pix += gridDim.x * kBLOCK)
+        {
+            samplePixel<S, M, T, G>(input, coords, output, n, pix, shape);
+        }
+    }
+}
+
+bool validShape(GridSampleShape const& s)
+{
+    if (s.batch < 0 || s.channels < 0 || s.inH <= 0 || s.inW <= 0 || s.outH < 0 || s.outW < 0)
+    {
+        return false;
+    }
+    int64_t const pixels = static_cast<int64_t>(s.outH) * s.outW;
+    // pix is int32 and pix + gridDim.x * kBLOCK must not overflow.
+    return pixels <= std::numeric_limits<int32_t>::max() - kMAX_GRID_X * kBLOCK;
+}
+
+template <Source S, Interp M, typename T, typename G>
+cudaError_t launchMode(T const* input, G const* coords, T* output, GridSampleShape const& s, cudaStream_t stream)
+{
+    int64_t const pixels = static_cast<int64_t>(s.outH) * s.outW;
+    int64_t const blocksX = (pixels + kBLOCK - 1) / kBLOCK;
+    dim3 const grid(static_cast<uint32_t>(blocksX < kMAX_GRID_X ? blocksX : kMAX_GRID_X),
+        static_cast<uint32_t>(s.batch < kMAX_GRID_Y ? s.batch : kMAX_GRID_Y));
+    gridSampleKernel<S, M, T, G><<<grid, kBLOCK, 0, stream>>>(input, coords, output, s);
+    return cudaGetLastError();
+}
+
+template <Source S, typename T, typename G>
+cudaError_t launch(
+    T const* input, G const* coords, T* output, GridSampleShape const& s, Interp mode, cudaStream_t stream)
+{
+    if (!validShape(s) || (s.padding != Padding::kZEROS && s.padding != Padding::kBORDER
+                              && s.padding != Padding::kREFLECTION))
+    {
+        return cudaErrorInvalidValue;
+    }
+    if (s.batch == 0 || s.channels == 0 || s.outH == 0 || s.outW == 0)
+    {
+        return cudaSuccess;
+    }
+    if (input == nullptr || coords == nullptr || output == nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    switch (mode)
+    {
+    case Interp::kBILINEAR: return launchMode<S, Interp::kBILINEAR>(input, coords, output, s, stream);
+    case Interp::kNEAREST: return launchMode<S, Interp::kNEAREST>(input, coords, output, s, stream);
+    case Interp::kBICUBIC: return launchMode<S, Interp::kBICUBIC>(input, coords, output, s, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+} // namespace
+
+template <typename T, typename G>
+cudaError_t launchGridSample(
+    T const* input, G const* grid, T* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream)
+{
+    return launch<Source::kGRID>(input, grid, output, shape, mode, stream);
+}
+
+template <typename T, typename G>
+cudaError_t launchAffineGridSample(
+    T const* input, G const* theta, T* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream)
+{
+    return launch<Source::kAFFINE>(input, theta, output, shape, mode, stream);
+}
+
+template <typename T, typename G>
+cudaError_t launchProjectiveGridSample(
+    T const* input, G const* h, T* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream)
+{
+    return launch<Source::kPROJECTIVE>(input, h, output, shape, mode, stream);
+}
+
+#define STN_INSTANTIATE(T, G)                                                                                          \
+    template cudaError_t launchGridSample<T, G>(                                                                       \
+        T const*, G const*, T*, GridSampleShape const&, Interp, cudaStream_t);                                         \
+    template cudaError_t launchAffineGridSample<T, G>(                                                                 \
+        T const*, G const*, T*, GridSampleShape const&, Interp, cudaStream_t);                                         \
+    template cudaError_t launchProjectiveGridSample<T, G>(                                                             \
+        T const*, G const*, T*, GridSampleShape const&, Interp, cudaStream_t);
+
+STN_INSTANTIATE(float, float)
+STN_INSTANTIATE(__half, __half)
+STN_INSTANTIATE(__half, float)
+
+#undef STN_INSTANTIATE
+
+} // namespace stn

@@ -1,0 +1,335 @@
+"""The HTTP face of one served model: KServe v2 routes over starlette + uvicorn, nothing more.
+
+Each ``/infer`` goes decode (protocol) -> batcher -> session -> encode (protocol); this module
+only maps outcomes to status codes, counts them and logs them. Graceful shutdown is uvicorn's
+(stop accepting, finish in-flight requests) followed by the batcher draining its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from stn_deploy import __version__
+from stn_deploy.runtime.batcher import (
+    BatcherClosedError,
+    BatcherConfig,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+    RequestTooLargeError,
+)
+from stn_deploy.runtime.metrics import ServerMetrics
+from stn_deploy.runtime.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    decode_infer_request,
+    encode_infer_response,
+    error_body,
+    model_metadata,
+)
+from stn_deploy.runtime.session import InputError, Session, SessionError
+
+__all__ = ["ServerConfig", "ServedModel", "create_app", "ServerThread", "run_server"]
+
+log = logging.getLogger("stn_deploy.runtime.server")
+
+_PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where to listen and how to batch; limits that keep one client from hurting the rest."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 64
+    max_delay_ms: float = 2.0
+    max_queue: int = 1024  # samples waiting; beyond it: 503 + Retry-After
+    max_request_batch: int = 256  # samples in one request; beyond it: 413
+    max_body_bytes: int = 64 * 1024 * 1024  # beyond it: 413
+    request_timeout_s: float = 30.0  # a request still queued after this: 503
+    graceful_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port!r}; e.g. 8000 (0: any free)")
+        if self.max_request_batch < 1 or self.max_request_batch > self.max_queue:
+            raise ValueError(
+                f"max_request_batch ({self.max_request_batch}) must be 1..max_queue "
+                f"({self.max_queue}); e.g. ServerConfig(max_request_batch=256, max_queue=1024)"
+            )
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.request_timeout_s <= 0 or self.graceful_timeout_s < 0:
+            raise ValueError("request_timeout_s must be > 0 and graceful_timeout_s >= 0, e.g. 30")
+        self.batcher_config()  # validates max_batch, max_delay_ms, max_queue
+
+    def batcher_config(self) -> BatcherConfig:
+        return BatcherConfig(self.max_batch, self.max_delay_ms, self.max_queue)
+
+
+@dataclass
+class ServedModel:
+    """A name and an open session; the server owns neither the model logic nor its loading."""
+
+    name: str
+    session: Session
+    version: str = "1"
+    platform: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"model name {self.name!r} must be non-empty without '/'")
+        self.platform = self.platform or _PLATFORMS.get(self.session.backend, self.session.backend)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status, headers, media_type="application/json")
+
+
+class _Endpoints:
+    """Route handlers bound to one model, its batcher and its metrics."""
+
+    def __init__(self, model: ServedModel, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self.model = model
+        self.config = config
+        self.metrics = metrics
+        self.batcher = DynamicBatcher(model.session, config.batcher_config(), observer=metrics)
+        self.metadata = model_metadata(
+            model.name,
+            model.session.inputs,
+            model.session.outputs,
+            model.platform,
+            [model.version],
+        )
+
+    # -- health and metadata -------------------------------------------------------------------
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse(
+            {"name": "stn-deploy", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.batcher.accepting else 503)
+
+    def _unknown(self, request: Request) -> Response | None:
+        name = request.path_params["name"]
+        version = request.path_params.get("version", self.model.version)
+        if name != self.model.name or version != self.model.version:
+            return _error(
+                404,
+                f"unknown model {name!r} version {version!r}; this server serves "
+                f"{self.model.name!r} version {self.model.version!r}",
+            )
+        return None
+
+    async def model_meta(self, request: Request) -> Response:
+        return self._unknown(request) or JSONResponse(self.metadata)
+
+    async def model_ready(self, request: Request) -> Response:
+        return self._unknown(request) or await self.ready(request)
+
+    async def metrics_page(self, request: Request) -> Response:
+        body, content_type = self.metrics.render(self.batcher.queued_rows)
+        return Response(body, headers={"Content-Type": content_type})
+
+    # -- inference -----------------------------------------------------------------------------
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ProtocolError(f"body of {declared} bytes exceeds the limit of {limit}", 413)
+        encoding = request.headers.get("content-encoding", "identity")
+        if encoding != "identity":
+            raise ProtocolError(
+                f"Content-Encoding {encoding!r} is not supported; send the body uncompressed", 415
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"body exceeds the limit of {limit} bytes", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(self, request: Request) -> Response:
+        start = time.perf_counter()
+        response, kind = await self._infer(request)
+        seconds = time.perf_counter() - start
+        self.metrics.on_request(response.status_code, seconds, kind)
+        if kind is not None:
+            log.info(
+                "request failed",
+                extra={
+                    "status": response.status_code,
+                    "kind": kind,
+                    "client": _peer(request),
+                    "error": response.body.decode(errors="replace")[:300],
+                },
+            )
+        return response
+
+    async def _infer(self, request: Request) -> tuple[Response, str | None]:
+        unknown = self._unknown(request)
+        if unknown is not None:
+            return unknown, "unknown_model"
+        session = self.model.session
+        try:
+            body = await self._read_body(request)
+            req = decode_infer_request(
+                body,
+                request.headers.get(HEADER_LENGTH),
+                session.inputs,
+                session.output_names,
+                max_batch_size=self.config.max_request_batch,
+            )
+            outputs = await self.batcher.infer_async(req.inputs, self.config.request_timeout_s)
+            payload, headers = encode_infer_response(
+                self.model.name, req, outputs, self.model.version
+            )
+        except ProtocolError as exc:
+            return _error(exc.status, str(exc)), "bad_request" if exc.status == 400 else "limit"
+        except InputError as exc:
+            return _error(400, str(exc)), "bad_request"
+        except RequestTooLargeError as exc:
+            return _error(413, str(exc)), "limit"
+        except QueueFullError as exc:
+            retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+            return _error(503, str(exc), retry), "queue_full"
+        except (BatcherClosedError, DeadlineExceededError) as exc:
+            return _error(503, str(exc), {"Retry-After": "1"}), "unavailable"
+        except SessionError as exc:
+            return _error(500, f"inference failed: {exc}"), "backend"
+        return Response(payload, 200, headers), None
+
+
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
+def create_app(
+    model: ServedModel, config: ServerConfig | None = None, metrics: ServerMetrics | None = None
+) -> Starlette:
+    """The ASGI app for ``model``; its lifespan starts and drains the batcher."""
+    config = config or ServerConfig()
+    ep = _Endpoints(model, config, metrics or ServerMetrics(model.name))
+    routes = [
+        Route("/v2", ep.server_metadata),
+        Route("/v2/health/live", ep.live),
+        Route("/v2/health/ready", ep.ready),
+        Route("/v2/models/{name}", ep.model_meta),
+        Route("/v2/models/{name}/ready", ep.model_ready),
+        Route("/v2/models/{name}/infer", ep.infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", ep.model_meta),
+        Route("/v2/models/{name}/versions/{version}/ready", ep.model_ready),
+        Route("/v2/models/{name}/versions/{version}/infer", ep.infer, methods=["POST"]),
+        Route("/metrics", ep.metrics_page),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        ep.batcher.start()
+        log.info(
+            "serving",
+            extra={
+                "model": model.name,
+                "backend": model.session.backend,
+                "max_batch": config.max_batch,
+                "max_delay_ms": config.max_delay_ms,
+            },
+        )
+        try:
+            yield
+        finally:
+            # uvicorn has finished the in-flight requests; run anything still queued, then stop.
+            await asyncio.to_thread(ep.batcher.close, config.graceful_timeout_s or None)
+            log.info("stopped", extra={"model": model.name})
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.endpoints = ep
+    return app
+
+
+def _uvicorn_config(app: Starlette, config: ServerConfig):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log=False,
+        log_config=None,  # keep the process's logging (JSON lines under `stn-deploy serve`)
+        timeout_graceful_shutdown=config.graceful_timeout_s or None,
+        lifespan="on",
+    )
+
+
+def run_server(model: ServedModel, config: ServerConfig | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (blocking)."""
+    import uvicorn
+
+    config = config or ServerConfig()
+    uvicorn.Server(_uvicorn_config(create_app(model, config), config)).run()
+
+
+class ServerThread:
+    """Runs the server in a background thread on a socket bound up front (port 0: a free one).
+
+    For tests, the demo and the load benchmark: ``with ServerThread(model, cfg) as srv:
+    srv.url``. ``stop()`` is the same graceful shutdown as SIGTERM.
+    """
+
+    def __init__(self, model: ServedModel, config: ServerConfig | None = None) -> None:
+        import uvicorn
+
+        self.config = config or ServerConfig(port=0)
+        self.app = create_app(model, self.config)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((self.config.host, self.config.port))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(_uvicorn_config(self.app, self.config))
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            daemon=True,
+            name="stn-http",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise SessionError(f"the server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

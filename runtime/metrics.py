@@ -1,0 +1,92 @@
+"""Prometheus metrics of the server: requests by status, batch sizes, queue and inference time."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServerMetrics:
+    """One registry per server (so tests and several apps in one process do not collide).
+
+    Also the batcher's observer: ``on_batch`` is called from its worker thread once per batch.
+    """
+
+    def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
+        self.model = model
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "stn_requests",
+            "Inference requests answered, by HTTP status",
+            ["model", "code"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "stn_errors", "Failed inference requests by kind", ["model", "kind"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "stn_request_seconds",
+            "Time from request read to response, seconds",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "stn_batch_size",
+            "Samples per backend call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "stn_queue_seconds",
+            "Time a request waited in the batcher's queue, seconds",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "stn_inference_seconds",
+            "Backend time per batch, seconds",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "stn_queue_samples", "Samples waiting in the batcher's queue", ["model"], registry=r
+        )
+
+    def on_batch(
+        self, size: int, queue_seconds: list[float], infer_seconds: float, failed: bool
+    ) -> None:
+        self.batch_size.labels(self.model).observe(size)
+        queue = self.queue_seconds.labels(self.model)
+        for q in queue_seconds:
+            queue.observe(q)
+        self.inference_seconds.labels(self.model).observe(infer_seconds)
+        if failed:
+            self.errors.labels(self.model, "backend").inc(len(queue_seconds))
+
+    def on_request(self, code: int, seconds: float, error_kind: str | None = None) -> None:
+        self.requests.labels(self.model, str(code)).inc()
+        self.request_seconds.labels(self.model).observe(seconds)
+        if error_kind is not None and error_kind != "backend":  # backend: counted per batch
+            self.errors.labels(self.model, error_kind).inc()
+
+    def render(self, queued_samples: int) -> tuple[bytes, str]:
+        self.queue_depth.labels(self.model).set(queued_samples)
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

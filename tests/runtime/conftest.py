@@ -1,0 +1,51 @@
+"""A tiny STN-shaped ONNX model (logits, theta, warped) built node by node: no export needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def build_toy_onnx(path, seed: int = 0) -> None:
+    """input [N,1,8,8] -> logits [N,10], theta [N,2,3], warped [N,1,8,8]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 10)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((64, 6)).astype(np.float32) * 0.1, "wt"),
+        numpy_helper.from_array(np.array([1, 0, 0, 0, 1, 0], np.float32), "bt"),
+        numpy_helper.from_array(np.array([-1, 2, 3], np.int64), "theta_shape"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+        helper.make_node("Gemm", ["flat", "wt", "bt"], ["t6"]),
+        helper.make_node("Reshape", ["t6", "theta_shape"], ["theta"]),
+        helper.make_node("Mul", ["input", "half"], ["half_x"]),
+        helper.make_node("Tanh", ["half_x"], ["warped"]),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "toy_stn",
+        [helper.make_tensor_value_info("input", f, ["N", 1, 8, 8])],
+        [
+            helper.make_tensor_value_info("logits", f, ["N", 10]),
+            helper.make_tensor_value_info("theta", f, ["N", 2, 3]),
+            helper.make_tensor_value_info("warped", f, ["N", 1, 8, 8]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def toy_onnx(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "toy-stn.onnx"
+    build_toy_onnx(path)
+    return path

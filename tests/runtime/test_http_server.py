@@ -1,0 +1,266 @@
+"""End to end: the real server on 127.0.0.1, the unmodified tritonclient.http client, raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import aiohttp
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
+from stn_deploy.runtime.ort import OrtSession
+from stn_deploy.runtime.session import Session
+
+
+@pytest.fixture(scope="module")
+def session(toy_onnx):
+    with OrtSession(toy_onnx, threads=1) as sess:
+        yield sess
+
+
+def _x(rng, n):
+    return rng.standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+def test_tritonclient_end_to_end(session, rng):
+    cfg = ServerConfig(port=0, max_batch=8, max_delay_ms=2, max_request_batch=16)
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        client = httpclient.InferenceServerClient(srv.url)
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("toy-stn")
+        assert not client.is_model_ready("other")
+        meta = client.get_model_metadata("toy-stn")
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+        assert [o["name"] for o in meta["outputs"]] == ["logits", "theta", "warped"]
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+
+        for binary_in, binary_out, n in [(True, True, 3), (False, False, 2), (True, False, 1)]:
+            x = _x(rng, n)
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary_in)
+            outs = [
+                httpclient.InferRequestedOutput(name, binary_data=binary_out)
+                for name in ("logits", "theta")
+            ]
+            res = client.infer("toy-stn", [inp], outputs=outs, request_id=f"r{n}")
+            want = session.infer({"input": x})
+            np.testing.assert_allclose(res.as_numpy("logits"), want["logits"], rtol=1e-5)
+            np.testing.assert_allclose(res.as_numpy("theta"), want["theta"], rtol=1e-5)
+            assert res.as_numpy("warped") is None  # not requested, not sent
+            assert res.get_response()["id"] == f"r{n}"
+
+        x = _x(rng, 2)  # no outputs named: every output, in binary
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        res = client.infer("toy-stn", [inp])
+        np.testing.assert_allclose(res.as_numpy("warped"), np.tanh(x / 2), rtol=1e-5)
+
+        with pytest.raises(InferenceServerException, match="unknown model 'nope'") as err:
+            client.infer("nope", [inp])
+        assert err.value.status() == "404"
+        big = httpclient.InferInput("input", [17, 1, 8, 8], "FP32")
+        big.set_data_from_numpy(_x(rng, 17))
+        with pytest.raises(InferenceServerException, match="limit of 16") as err:
+            client.infer("toy-stn", [big])
+        assert err.value.status() == "413"
+
+        metrics = client._get("metrics", None, None).read().decode()
+        assert 'stn_requests_total{code="200",model="toy-stn"} 4.0' in metrics
+        assert 'stn_requests_total{code="404",model="toy-stn"} 1.0' in metrics
+        assert 'stn_errors_total{kind="limit",model="toy-stn"} 1.0' in metrics
+        assert "stn_batch_size_bucket" in metrics and "stn_queue_seconds_count" in metrics
+        client.close()
+
+
+def _binary_body(x: np.ndarray, outputs=("logits",)) -> tuple[bytes, dict]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
+        }
+    ).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _logits_of(body: bytes, header_len: int, n: int) -> np.ndarray:
+    doc = json.loads(body[:header_len])
+    assert doc["outputs"][0]["shape"] == [n, 10]
+    return np.frombuffer(body[header_len:], np.float32).reshape(n, 10)
+
+
+BAD_REQUESTS = [
+    # (body, headers, status, message fragment)
+    (b"{nope", {}, 400, "invalid JSON"),
+    (
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "img", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "unknown input 'img'; the model expects input [-1,1,8,8] FP32",
+    ),
+    (
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 1, 7, 8], "datatype": "FP32", "data": [0.0] * 56}
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "shape [1, 1, 7, 8], expected input [-1,1,8,8] FP32",
+    ),
+    (
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "input", "shape": [1, 1, 8, 8], "datatype": "INT64", "data": [0] * 64}
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "datatype 'INT64', expected FP32",
+    ),
+    (
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 1, 8, 8],
+                        "datatype": "FP32",
+                        "data": [float("nan")] * 64,
+                    }
+                ]
+            }
+        ).encode(),
+        {},
+        400,
+        "64 NaN/Inf values",
+    ),
+]
+
+
+async def _load_with_bad_requests(url, session, rng):
+    good = [_x(rng, int(n)) for n in rng.integers(1, 6, size=120)]
+    want = [session.infer({"input": x})["logits"] for x in good]
+    truncated, trunc_headers = _binary_body(_x(rng, 2))
+    bad = [*BAD_REQUESTS, (truncated[:-7], trunc_headers, 400, "truncated binary payload")]
+    big, big_headers = _binary_body(_x(rng, 33))
+    bad.append((big, big_headers, 413, "33 samples exceeds this server's limit of 32"))
+    results: dict[int, np.ndarray] = {}
+    bad_seen: list[tuple[int, int, str]] = []
+
+    async with aiohttp.ClientSession(f"http://{url}") as http:
+
+        async def send_good(i: int) -> None:
+            body, headers = _binary_body(good[i])
+            async with http.post("/v2/models/toy-stn/infer", data=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                hl = int(r.headers["Inference-Header-Content-Length"])
+                results[i] = _logits_of(await r.read(), hl, len(good[i]))
+
+        async def send_bad(j: int) -> None:
+            body, headers, status, _ = bad[j % len(bad)]
+            await asyncio.sleep(0.002 * j)  # spread them through the load run
+            async with http.post("/v2/models/toy-stn/infer", data=body, headers=headers) as r:
+                bad_seen.append((j % len(bad), r.status, (await r.json())["error"]))
+
+        await asyncio.gather(
+            *(send_good(i) for i in range(len(good))), *(send_bad(j) for j in range(3 * len(bad)))
+        )
+    return good, want, results, bad, bad_seen
+
+
+def test_bad_requests_mid_load_leave_good_answers_correct(session, rng):
+    cfg = ServerConfig(port=0, max_batch=16, max_delay_ms=5, max_request_batch=32)
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        good, want, results, bad, bad_seen = asyncio.run(
+            _load_with_bad_requests(srv.url, session, rng)
+        )
+    assert sorted(results) == list(range(len(good)))
+    for i, expected in enumerate(want):
+        np.testing.assert_allclose(results[i], expected, rtol=1e-5, atol=1e-6)
+    assert len(bad_seen) == 3 * len(bad)
+    for j, status, message in bad_seen:
+        assert status == bad[j][2], message
+        assert bad[j][3] in message
+
+
+class _Gated(Session):
+    """Delegates to a real session after waiting for ``gate`` (to hold work in flight)."""
+
+    backend = "ort"
+
+    def __init__(self, inner: Session, gate: threading.Event) -> None:
+        super().__init__()
+        self.inner, self.gate = inner, gate
+
+    def _open(self) -> None:
+        self.inputs, self.outputs = self.inner.inputs, self.inner.outputs
+
+    def _infer(self, feeds):
+        self.gate.wait(10)
+        return self.inner.infer(feeds)
+
+
+def test_queue_full_is_503_with_retry_after_and_shutdown_finishes_in_flight(session, rng):
+    gate = threading.Event()
+    slow = _Gated(session, gate).open()
+    cfg = ServerConfig(port=0, max_batch=2, max_delay_ms=0, max_queue=4, max_request_batch=2)
+    srv = ServerThread(ServedModel("toy-stn", slow), cfg).start()
+    xs = [_x(rng, 2) for _ in range(3)]  # 1 batch running behind the gate + 4 samples queued
+
+    async def scenario():
+        async with aiohttp.ClientSession(f"http://{srv.url}") as http:
+
+            async def post(x):
+                body, headers = _binary_body(x)
+                async with http.post("/v2/models/toy-stn/infer", data=body, headers=headers) as r:
+                    return r.status, r.headers.copy(), await r.read()
+
+            held = [asyncio.create_task(post(xs[0]))]
+            await asyncio.sleep(0.3)  # the worker has taken it and waits at the gate
+            held += [asyncio.create_task(post(x)) for x in xs[1:]]
+            await asyncio.sleep(0.3)
+            status, headers, body = await post(xs[0])
+            assert status == 503, body
+            assert headers["Retry-After"] == "1"
+            assert "queue full: 4 of 4 samples waiting" in json.loads(body)["error"]
+            # graceful shutdown while three requests are in flight: all of them still answer
+            stopper = asyncio.get_running_loop().run_in_executor(None, srv.stop)
+            await asyncio.sleep(0.3)
+            gate.set()
+            answers = await asyncio.gather(*held)
+            await stopper
+            return answers
+
+    answers = asyncio.run(scenario())
+    for x, (status, headers, body) in zip(xs, answers):
+        assert status == 200, body
+        hl = int(headers["Inference-Header-Content-Length"])
+        np.testing.assert_allclose(
+            _logits_of(body, hl, 2), session.infer({"input": x})["logits"], rtol=1e-5
+        )
+    with pytest.raises(OSError):  # the port is closed after shutdown
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1)
+    assert not srv._thread.is_alive()

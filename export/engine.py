@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stn_deploy.export.contract import PLUGIN_DOMAIN as PLUGIN_NAMESPACE
 from stn_deploy.export.errors import ExportError
 from stn_deploy.runtime import engine_meta
 from stn_deploy.runtime.engine_meta import BatchProfile, EngineMeta
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLUGIN_DOMAIN = "stn"
+PLUGIN_DOMAIN = PLUGIN_NAMESPACE
 DEFAULTS = BatchProfile()
 
 
@@ -87,7 +88,7 @@ class OnnxInfo:
     input_shape: tuple[int, ...]  # per-sample [C, H, W]
     batch_dynamic: bool
     precision: str  # "fp32" | "fp16"
-    flavour: str  # "builtin" | "plugin"
+    flavour: str  # "standard" (TensorRT's built-in GridSample) | "plugin" (our plugin nodes)
     plugin_ops: tuple[str, ...] = ()
 
 
@@ -132,8 +133,8 @@ def info_from_model(model, where: str = "the model") -> OnnxInfo:
     plugin_ops = sorted({n.op_type for n in graph.node if n.domain == PLUGIN_DOMAIN})
     uses_domain = any(op.domain == PLUGIN_DOMAIN for op in model.opset_import)
     meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("precision") in ("fp32", "fp16"):
-        precision = meta["precision"]
+    if meta.get("stn_deploy.precision") in ("fp32", "fp16"):  # written by the exporter
+        precision = meta["stn_deploy.precision"]
     elif tensor_type.elem_type == _FLOAT16 or any(
         init.data_type == _FLOAT16 for init in graph.initializer
     ):
@@ -145,7 +146,7 @@ def info_from_model(model, where: str = "the model") -> OnnxInfo:
         input_shape=tuple(int(d) for d in dims[1:]),
         batch_dynamic=dims[0] is None,
         precision=precision,
-        flavour="plugin" if (plugin_ops or uses_domain) else "builtin",
+        flavour="plugin" if (plugin_ops or uses_domain) else "standard",
         plugin_ops=tuple(plugin_ops),
     )
 
@@ -438,66 +439,64 @@ def demo_trt_step(
     batch: int = 64,
     report: Callable[[str], None] = lambda line: None,
 ) -> str:
-    """Build an engine per flavour, compare each with a reference, return one summary line.
+    """Build an engine per flavour, compare it with PyTorch, return one summary line.
 
-    ``onnx_paths`` maps flavour ("builtin"/"plugin", or "standard") to an fp32 ONNX file. The
-    reference is the PyTorch model of ``checkpoint`` when given, else ONNX Runtime on the
-    built-in flavour. Returns "skipped: <why>" when TensorRT or a GPU is absent, or a plugin
-    engine cannot be built because the library is missing (the other flavour still runs).
+    ``onnx_paths`` maps flavour ("standard", "plugin") to an fp32 ONNX file. The reference is
+    the PyTorch model of ``checkpoint`` when given, else ONNX Runtime on the standard flavour.
+    Returns "TensorRT: skipped: <why>" when TensorRT or a GPU is absent; a plugin flavour whose
+    library is not built is reported as skipped while the other flavour still runs.
     """
     import numpy as np
 
+    from stn_deploy.export.tolerances import FP32
+    from stn_deploy.export.verify import compare_logits
     from stn_deploy.runtime.backends import open_session
 
     ok, why = trt_available()
     if not ok:
         return f"TensorRT: skipped: {why}"
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    first = next(iter(onnx_paths.values()))
-    info = inspect_onnx(first)
-    x = np.random.default_rng(0).standard_normal((batch, *info.input_shape)).astype(np.float32)
+    info = inspect_onnx(next(iter(onnx_paths.values())))
+    x = np.random.default_rng(0).random((batch, *info.input_shape), dtype=np.float32)
     reference = _reference_logits(x, checkpoint, onnx_paths)
     parts = []
     for flavour, onnx_path in onnx_paths.items():
         engine = workdir / f"{Path(onnx_path).stem}.engine"
         try:
-            build_engine(onnx_path, engine, max_batch=max(batch, 1), opt_batch=batch,
-                         report=report)  # fmt: skip
+            build_engine(onnx_path, engine, max_batch=batch, opt_batch=batch, report=report)
         except EngineBuildError as exc:
-            if "plugin library" in str(exc):
-                parts.append(f"{flavour} skipped: plugin library not built")
-                continue
-            raise
+            if "plugin library" not in str(exc):
+                raise
+            parts.append(f"{flavour}: skipped (plugin library not built: stn-deploy plugins build)")
+            continue
         with open_session(engine, "trt") as sess:
-            out = sess.infer({sess.input_names[0]: x})[sess.output_names[0]]
+            feeds = {sess.input_names[0]: x}
+            out = sess.infer(feeds)["logits"]
             started = time.perf_counter()
             for _ in range(20):
-                sess.infer({sess.input_names[0]: x})
+                sess.infer(feeds)
             ms = (time.perf_counter() - started) / 20 * 1e3
-        err = float(np.max(np.abs(out - reference)))
-        agree = float(np.mean(out.argmax(1) == reference.argmax(1)))
-        parts.append(f"{flavour} max|err| {err:.2e}, top-1 agree {agree:.1%}, {ms:.2f} ms/{batch}")
+        passed, max_abs, _, top1 = compare_logits(reference, out, FP32)
+        verdict = "PASS" if passed else "FAIL"
+        parts.append(f"{flavour} {verdict} max|err| {max_abs:.1e} top-1 {top1:.1%} "
+                     f"{ms:.2f} ms/batch {batch}")  # fmt: skip
     return f"TensorRT ({why}): " + "; ".join(parts)
 
 
-def _reference_logits(x, checkpoint, onnx_paths: Mapping) -> np.ndarray:
+def _reference_logits(x: np.ndarray, checkpoint, onnx_paths: Mapping) -> np.ndarray:
     if checkpoint is not None:
         import torch
 
-        from stn_deploy.models import load_model  # written by the models package
+        from stn_deploy.export.loading import load_checkpoint
+        from stn_deploy.export.verify import _torch_outputs
 
-        model = load_model(checkpoint)
-        model = model[0] if isinstance(model, tuple) else model
+        model = load_checkpoint(checkpoint).model
         with torch.inference_mode():
-            out = model.eval()(torch.from_numpy(x))
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out.numpy()
+            return _torch_outputs(model, x, ["logits"], batch_size=len(x))["logits"]
     from stn_deploy.runtime.backends import open_session
 
-    standard = next((p for f, p in onnx_paths.items() if f in ("builtin", "standard")), None)
+    standard = onnx_paths.get("standard")
     if standard is None:
-        raise EngineBuildError("demo_trt_step needs a checkpoint or a built-in-flavour ONNX")
+        raise EngineBuildError("demo_trt_step needs a checkpoint or a standard-flavour ONNX")
     with open_session(standard, "ort") as sess:
-        return sess.infer({sess.input_names[0]: x})[sess.output_names[0]]
-
+        return sess.infer({sess.input_names[0]: x})["logits"]

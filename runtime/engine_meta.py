@@ -66,6 +66,8 @@ PLUGIN_ENV = "STN_PLUGIN_LIB"
 # File names looked for directly under plugins/build (then any libstn*plugin*.so below it).
 PLUGIN_LIBRARY_NAMES = ("libstn_gridsample_plugin.so", "libstn_plugins.so")
 SIDECAR_MODES = ("check", "strict", "off")
+# As the exporter names them: "standard" runs TensorRT's built-in GridSample layer, "plugin" ours.
+FLAVOURS = ("standard", "plugin")
 
 
 class SidecarError(SessionError):
@@ -147,8 +149,8 @@ class EngineMeta:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
-        if self.flavour not in ("builtin", "plugin"):
-            raise ValueError(f"flavour must be 'builtin' or 'plugin', got {self.flavour!r}")
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, got {self.flavour!r}")
         if not self.profiles:
             lo, opt, hi = self.batch.shapes(self.input_shape)
             profile = {"input": self.input_name, "min": list(lo), "opt": list(opt), "max": list(hi)}

@@ -7,12 +7,16 @@ Written against the documented TensorRT 10/11 Python API (tensor-name I/O: ``num
 How a request runs: the batch is split into chunks of at most the profile's max batch
 (:func:`split_batches`); a free :class:`_Slot` is taken from the pool (one execution context,
 one CUDA stream, device buffers sized for the max batch, page-locked host buffers); each chunk
-is copied into the pinned input buffer (converted to the engine's dtype, so an fp16 engine is
-fed float32 like every other session), copied to the GPU, executed, copied back, converted to
-float32. The first run of each batch size is eager; after it the H2D copy + execution + D2H
-copy are captured into a CUDA graph for that batch size, and later requests of that size replay
-the graph (one launch instead of dozens). A capture that fails (a plugin or tactic that is not
-graph-safe) falls back to eager runs for that size. Several slots serve concurrent threads.
+is copied into the pinned input buffer, copied to the GPU, executed, and copied back.
+
+I/O dtypes are the engine's, as ``inputs``/``outputs`` say (an engine built from an fp16 ONNX
+has fp16 I/O, like ONNX Runtime on that file); float32 feeds for an fp16 input are converted on
+the way in, so callers may feed float32 to any engine.
+
+The first run of each batch size is eager; after it the H2D copy + execution + D2H copy are
+captured into a CUDA graph for that batch size, and later requests of that size replay it (one
+launch instead of dozens of kernel launches). A capture that fails (a plugin or tactic that is
+not graph-safe) falls back to eager runs for that size. Several slots serve concurrent threads.
 
 CUDA binding: see :mod:`stn_deploy.runtime.cuda_util` (cuda-python first, torch.cuda second).
 """
@@ -142,7 +146,7 @@ class TrtSession(Session):
         self._runtime = None
         self._tensors: list[_Tensor] = []
         self._slots: list[_Slot] = []
-        self._pool: queue.Queue[_Slot] = queue.Queue()
+        self._pool: queue.LifoQueue[_Slot] = queue.LifoQueue()
         self._tried_plugins: list[str] = []
 
     # -- open ----------------------------------------------------------------------------------
@@ -236,9 +240,7 @@ class TrtSession(Session):
             if is_input:
                 _, _, max_shape = engine.get_tensor_profile_shape(name, 0)
                 input_max[name] = tuple(max_shape)
-            # fp16 engine I/O is converted here, so callers feed and get float32 as elsewhere.
-            api_dtype = "float32" if dtype == np.float16 else dtype.name
-            spec = TensorSpec(name, tuple(None if d < 0 else d for d in shape), api_dtype)
+            spec = TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype.name)
             (inputs if is_input else outputs).append(spec)
             tensors.append(_Tensor(name, is_input, dtype, tuple(shape[1:]), 0))
         if not input_max:
@@ -273,6 +275,24 @@ class TrtSession(Session):
         return _Slot(context, stream, device, host)
 
     # -- infer ---------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """'fp16' or 'fp32': the sidecar's, else what the engine's I/O types say."""
+        if self.meta is not None:
+            return self.meta.precision
+        return "fp16" if any(s.dtype == "float16" for s in self.inputs) else "fp32"
+
+    def check_feeds(self, feeds):
+        """As the base class, but float32 is also accepted for an fp16 input (and converted)."""
+        half = {s.name for s in self.inputs if s.dtype == "float16"}
+        feeds = {
+            name: value.astype(np.float16)
+            if name in half and isinstance(value, np.ndarray) and value.dtype == np.float32
+            else value
+            for name, value in feeds.items()
+        }
+        return super().check_feeds(feeds)
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = next(iter(feeds.values())).shape[0]
         parts: dict[str, list[np.ndarray]] = {s.name: [] for s in self.outputs}
@@ -309,9 +329,8 @@ class TrtSession(Session):
         outputs = {}
         for t in self._tensors:
             if not t.is_input:
-                value = _host_view(slot, t, batch)
-                # astype copies: the pinned buffer is reused by the next request.
-                outputs[t.name] = value.astype(np.float32 if t.dtype == np.float16 else t.dtype)
+                # A copy: the pinned buffer is reused by the next request.
+                outputs[t.name] = _host_view(slot, t, batch).copy()
         if graph is None and self.cuda_graphs and batch not in slot.no_graph:
             self._capture(slot, batch)
         return outputs
@@ -366,6 +385,6 @@ class TrtSession(Session):
             cuda.free(*(("host", buf) for buf, _ in slot.host.values()))
             cuda.free(("stream", slot.stream))
         self._slots = []
-        self._pool = queue.Queue()
+        self._pool = queue.LifoQueue()
         self._engine = None
         self._runtime = None

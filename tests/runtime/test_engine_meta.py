@@ -37,7 +37,7 @@ def _meta(**changes) -> EngineMeta:
         onnx_path="out/tutorial-R.onnx",
         onnx_sha256="ab" * 32,
         precision="fp32",
-        flavour="builtin",
+        flavour="standard",
         input_name="input",
         input_shape=(1, 28, 28),
         batch=BatchProfile(1, 16, 64),

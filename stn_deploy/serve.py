@@ -1,0 +1,362 @@
+"""CLI glue for serving: turn MODEL into an open Session and hand it to the runtime server.
+
+``stn-deploy serve MODEL`` and ``stn-deploy triton-repo MODEL --out DIR``; MODEL is a checkpoint
+directory (or a shipped checkpoint's name), an ``.onnx`` file or a TensorRT engine. Checkpoints
+are exported to ONNX once into a cache keyed by the checkpoint's bytes. Also
+:func:`demo_serve`, the demo's round trip through a real server and client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+
+from stn_deploy.errors import StnDeployError
+
+__all__ = ["register", "resolve_model", "checkpoint_onnx", "pick_backend", "demo_serve"]
+
+log = logging.getLogger("stn_deploy.serve")
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+EXTRA_OUTPUTS = ("theta", "warped")
+
+
+class ServeError(StnDeployError):
+    """MODEL cannot be served as asked."""
+
+
+# -- MODEL -> Session ---------------------------------------------------------------------------
+def _has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pick_backend(model: str | os.PathLike, backend: str = "auto") -> str:
+    """'auto': an engine needs trt; otherwise trt when tensorrt and a GPU are here, else ort."""
+    if backend != "auto":
+        return backend
+    if Path(model).suffix in ENGINE_SUFFIXES:
+        return "trt"
+    if importlib.util.find_spec("tensorrt") is not None and _has_gpu():
+        return "trt"
+    return "ort"
+
+
+def model_name(model: str | os.PathLike) -> str:
+    path = Path(model)
+    return path.name if path.is_dir() or not path.suffix else path.stem
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("STN_DEPLOY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stn-deploy"
+    )
+    return Path(root) / "onnx"
+
+
+def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
+    path = Path(ckpt)
+    if path.is_dir():
+        return path
+    from stn_deploy.models import shipped_checkpoints
+
+    shipped = shipped_checkpoints()
+    if str(ckpt) in shipped:
+        return Path(shipped[str(ckpt)])
+    raise ServeError(
+        f"MODEL {ckpt} is neither a checkpoint directory, a shipped checkpoint "
+        f"({', '.join(shipped) or 'none shipped'}), an .onnx file nor an engine"
+    )
+
+
+def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Path:
+    """Export a checkpoint to ONNX once; the cache key is the hash of its files."""
+    ckpt_dir = _checkpoint_dir(ckpt)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    tag = "-".join(extra_outputs) or "logits"
+    out = _cache_dir() / f"{ckpt_dir.name}-{digest.hexdigest()[:16]}-{tag}.onnx"
+    if not out.is_file():
+        from stn_deploy.export.onnx_export import export_checkpoint
+
+        log.info("exporting %s to %s", ckpt_dir, out)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        export_checkpoint(ckpt_dir, tmp, extra_outputs=tuple(extra_outputs))
+        os.replace(tmp, out)
+    return out
+
+
+def _ort_hooks():
+    # Do not let ORT's idle intra-op threads spin: the HTTP event loop needs those cycles
+    # between batches (measured in bench/load_bench.py).
+    def no_spin(options) -> None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    return [no_spin]
+
+
+def _torch_session(ckpt: str | os.PathLike, threads: int | None):
+    from stn_deploy.models import load_model
+    from stn_deploy.runtime.session import TensorSpec
+    from stn_deploy.runtime.torch_session import TorchSession
+
+    loaded = load_model(ckpt)
+    spec = TensorSpec("input", (None, *loaded.input_shape), "float32")
+    return TorchSession(
+        _with_extras(loaded.model), [spec], ("logits", *EXTRA_OUTPUTS), threads=threads
+    )
+
+
+def _with_extras(model):
+    """model(x) -> (logits, theta, warped): the first Warp's outputs, as the ONNX export has."""
+    import torch
+
+    from stn_deploy.models.sampling import Warp
+
+    class WithExtras(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.seen: list = []
+            for m in model.modules():
+                if isinstance(m, Warp):
+                    m.register_forward_hook(lambda _m, _a, out: self.seen.append(out))
+
+        def forward(self, x):
+            self.seen = []
+            out = self.model(x)
+            logits = out["logits"] if isinstance(out, dict) else out
+            if isinstance(logits, (tuple, list)):
+                logits = logits[0]
+            if not self.seen:
+                raise ServeError("the model has no stn_deploy Warp: theta/warped unavailable")
+            warped, theta = self.seen[0]
+            return logits, theta, warped
+
+    return WithExtras()
+
+
+def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int | None = None):
+    """(name, open Session, backend) for MODEL: a checkpoint dir, an .onnx file or an engine."""
+    from stn_deploy.runtime.backends import open_session
+
+    path = Path(model)
+    backend = pick_backend(model, backend)
+    is_ckpt = path.is_dir() or (not path.suffix and not path.exists())
+    if backend == "torch":
+        if not is_ckpt:
+            raise ServeError(f"--backend torch needs a checkpoint directory, got {model}")
+        return model_name(model), _torch_session(model, threads).open(), backend
+    if path.suffix in ENGINE_SUFFIXES and backend != "trt":
+        raise ServeError(f"{model} is a TensorRT engine; serve it with --backend trt")
+    if backend == "trt" and path.suffix not in ENGINE_SUFFIXES:
+        raise ServeError(
+            f"--backend trt serves an engine; build one first: stn-deploy export {model} "
+            "--out model.onnx && stn-deploy build model.onnx --out model.engine"
+        )
+    if is_ckpt:
+        path = checkpoint_onnx(model)
+    elif not path.is_file():
+        raise ServeError(f"MODEL {model} does not exist (a checkpoint dir, .onnx or engine)")
+    options = {"threads": threads, "session_hooks": _ort_hooks()} if backend == "ort" else {}
+    return model_name(model), open_session(path, backend, **options), backend
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    from stn_deploy.runtime.http_server import ServedModel, ServerConfig, run_server
+    from stn_deploy.runtime.logs import configure_json_logging
+
+    if args.log_format == "json":
+        configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms,
+            max_queue=args.max_queue,
+            max_request_batch=args.max_request_batch,
+        )
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    name, session, _ = resolve_model(args.model, args.backend, args.threads)
+    try:
+        run_server(ServedModel(args.name or name, session), config)
+    finally:
+        session.close()
+    return 0
+
+
+def _engine_onnx(engine: Path, max_batch: int) -> Path | None:
+    """The ONNX an engine was built from (its sidecar says), checking the batch profile."""
+    from stn_deploy.runtime.engine_meta import read_meta
+
+    meta = read_meta(engine)
+    if meta is None:
+        return None
+    if max_batch > meta.batch.max:
+        raise ServeError(
+            f"--max-batch {max_batch} exceeds the engine's profile maximum {meta.batch.max}; "
+            f"use --max-batch {meta.batch.max} or rebuild with --max-batch {max_batch}"
+        )
+    return Path(meta.onnx_path) if Path(meta.onnx_path).is_file() else None
+
+
+def _triton_repo(args: argparse.Namespace) -> int:
+    from stn_deploy.runtime.triton_repo import TritonRepoConfig, write_triton_repo
+
+    path = Path(args.model)
+    engine = Path(args.engine) if args.engine else None
+    if path.suffix in ENGINE_SUFFIXES:
+        engine, onnx_path = path, _engine_onnx(path, args.max_batch)
+    elif path.suffix == ".onnx":
+        onnx_path = path
+    else:
+        onnx_path = checkpoint_onnx(args.model)
+    if args.backend == "tensorrt" and engine is None:
+        raise ServeError(
+            "--backend tensorrt needs an engine: stn-deploy build model.onnx --out model.plan, "
+            "then pass it as MODEL or --engine"
+        )
+    try:
+        config = TritonRepoConfig(
+            name=args.name or model_name(args.model),
+            backend=args.backend,
+            max_batch=args.max_batch,
+            max_queue_delay_us=args.max_delay_us,
+            instances=args.instances,
+        )
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    written = write_triton_repo(
+        args.out, config, onnx_path=onnx_path, engine_path=engine, plugin_lib=args.plugin_lib
+    )
+    for f in written:
+        print(f)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over KServe v2 HTTP with dynamic batching",
+        description="Serve MODEL (checkpoint dir, .onnx or engine) over the KServe v2 / Open "
+        "Inference Protocol; any tritonclient.http or KServe client talks to it.",
+    )
+    p.add_argument("model", help="checkpoint directory, .onnx file or TensorRT engine")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "ort", "trt", "torch"),
+        default="auto",
+        help="default: trt with tensorrt and a GPU, else ort",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model name (default: checkpoint folder name or file stem)")
+    p.add_argument("--max-batch", type=int, default=64, help="samples per backend call")
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=2.0,
+        help="longest a request waits for others to batch with",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=1024, help="samples waiting before 503 + Retry-After"
+    )
+    p.add_argument(
+        "--max-request-batch", type=int, default=256, help="samples in one request before 413"
+    )
+    p.add_argument("--threads", type=int, help="backend threads (default: all cores)")
+    p.add_argument("--log-format", choices=("json", "text"), default="json")
+    p.set_defaults(func=_serve)
+
+    t = subparsers.add_parser(
+        "triton-repo",
+        help="write a Triton Inference Server model repository for MODEL",
+        description="Write DIR/NAME/config.pbtxt + DIR/NAME/1/model.onnx (onnxruntime) or "
+        "model.plan (tensorrt) for scale-out on Triton or KServe; clients do not change.",
+    )
+    t.add_argument("model", help="checkpoint directory, .onnx file or TensorRT engine")
+    t.add_argument("--out", required=True, help="repository folder to write")
+    t.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    t.add_argument("--engine", help="TensorRT engine for --backend tensorrt")
+    t.add_argument("--plugin-lib", help="stn plugin .so to ship (plugin-flavour engines)")
+    t.add_argument("--name", help="model name (default: checkpoint folder name or file stem)")
+    t.add_argument("--max-batch", type=int, default=64)
+    t.add_argument("--max-delay-us", type=int, default=2000)
+    t.add_argument("--instances", type=int, default=1)
+    t.set_defaults(func=_triton_repo)
+
+
+# -- demo ---------------------------------------------------------------------------------------
+def demo_serve(
+    model_path: str | os.PathLike,
+    name: str | None = None,
+    n_requests: int = 16,
+    backend: str = "auto",
+    echo: bool = True,
+) -> dict:
+    """Start the server on a free loopback port, send real tritonclient requests, check them.
+
+    Returns ``{"url", "model", "answers": [top-1 per request], "matches": bool,
+    "latency_ms": {"p50", "p99", "mean"}}`` and prints the answers and a latency line.
+    """
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
+
+    served_name, session, backend = resolve_model(model_path, backend)
+    name = name or served_name
+    shape = [d if isinstance(d, int) else 1 for d in session.inputs[0].shape[1:]]
+    rng = np.random.default_rng(0)
+    latencies, answers, matches = [], [], True
+    try:
+        with ServerThread(ServedModel(name, session), ServerConfig(port=0)) as srv:
+            client = httpclient.InferenceServerClient(srv.url)
+            for _ in range(n_requests):
+                x = rng.random((1, *shape), dtype=np.float32)
+                inp = httpclient.InferInput("input", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                t0 = time.perf_counter()
+                res = client.infer(name, [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+                latencies.append((time.perf_counter() - t0) * 1000)
+                got = res.as_numpy("logits")
+                matches &= bool(
+                    np.allclose(got, session.infer({"input": x})["logits"], rtol=1e-4, atol=1e-5)
+                )
+                answers.append(int(got.argmax(axis=1)[0]))
+            client.close()
+    finally:
+        session.close()
+    lat = np.asarray(latencies)
+    result = {
+        "url": f"http://{srv.url}",
+        "model": name,
+        "backend": backend,
+        "answers": answers,
+        "matches": matches,
+        "latency_ms": {
+            "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)),
+            "mean": float(lat.mean()),
+        },
+    }
+    if echo:
+        print(f"served {name} ({backend}) at {result['url']}; predicted classes: {answers}")
+        print(
+            f"{n_requests} requests over HTTP: p50 {result['latency_ms']['p50']:.2f} ms, "
+            f"p99 {result['latency_ms']['p99']:.2f} ms; match local session: {matches}"
+        )
+    return result

@@ -1,0 +1,45 @@
+"""The serve CLI glue: MODEL -> session and name, backend choice, the demo's round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from stn_deploy.serve import ServeError, demo_serve, pick_backend, resolve_model
+
+
+def test_demo_serve_round_trip_matches_local_session(toy_onnx, capsys):
+    result = demo_serve(toy_onnx, n_requests=5, backend="ort")
+    assert result["model"] == "toy-stn"
+    assert result["matches"] is True
+    assert len(result["answers"]) == 5 and all(0 <= a < 10 for a in result["answers"])
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+    out = capsys.readouterr().out
+    assert "served toy-stn (ort)" in out and "p50" in out
+
+
+def test_resolve_onnx_names_model_by_stem(toy_onnx):
+    name, session, backend = resolve_model(toy_onnx, "ort", threads=1)
+    try:
+        assert (name, backend) == ("toy-stn", "ort")
+        assert session.output_names == ["logits", "theta", "warped"]
+    finally:
+        session.close()
+
+
+def test_backend_choice(tmp_path):
+    assert pick_backend(tmp_path / "m.engine") == "trt"
+    assert pick_backend(tmp_path / "m.onnx", "torch") == "torch"
+
+
+@pytest.mark.parametrize(
+    ("model", "backend", "message"),
+    [
+        ("m.engine", "ort", "serve it with --backend trt"),
+        ("m.onnx", "trt", "build one first"),
+        ("m.onnx", "torch", "needs a checkpoint directory"),
+        ("missing.onnx", "ort", "does not exist"),
+    ],
+)
+def test_resolve_errors_say_what_to_do(tmp_path, model, backend, message):
+    with pytest.raises(ServeError, match=message):
+        resolve_model(tmp_path / model, backend)

@@ -1,0 +1,103 @@
+"""The Triton repository parses as Triton's own ModelConfig protobuf, as tritonclient ships it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import tritonclient
+from google.protobuf import text_format
+
+from stn_deploy.cli import main
+from stn_deploy.runtime.session import SessionError, TensorSpec
+from stn_deploy.runtime.triton_repo import TritonRepoConfig, onnx_specs, write_triton_repo
+
+
+def _model_config_pb2():
+    try:  # the grpc extra imports it normally
+        from tritonclient.grpc import model_config_pb2
+
+        return model_config_pb2
+    except (ImportError, RuntimeError):  # without grpcio: load the generated module by path
+        path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
+        spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
+def _parse(path):
+    pb2 = _model_config_pb2()
+    return text_format.Parse(path.read_text(), pb2.ModelConfig()), pb2
+
+
+def test_onnxruntime_repo_via_cli(toy_onnx, tmp_path, capsys):
+    out = tmp_path / "repo"
+    rc = main(["triton-repo", str(toy_onnx), "--out", str(out), "--max-batch", "32",
+               "--max-delay-us", "1500", "--instances", "2"])  # fmt: skip
+    assert rc == 0
+    model_dir = out / "toy-stn"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == toy_onnx.read_bytes()
+    cfg, pb2 = _parse(model_dir / "config.pbtxt")
+    assert cfg.name == "toy-stn"
+    assert cfg.platform == "onnxruntime_onnx"
+    assert cfg.max_batch_size == 32
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+        ("input", pb2.TYPE_FP32, [1, 8, 8])
+    ]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [
+        ("logits", [10]), ("theta", [2, 3]), ("warped", [1, 8, 8])
+    ]  # fmt: skip
+    assert cfg.instance_group[0].count == 2
+    assert cfg.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
+    assert str(model_dir / "config.pbtxt") in capsys.readouterr().out
+
+
+def test_tensorrt_repo_ships_plugin_with_ld_preload_instructions(toy_onnx, tmp_path):
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"serialized engine bytes")
+    plugin = tmp_path / "libstn_plugins.so"
+    plugin.write_bytes(b"\x7fELF fake")
+    cfg = TritonRepoConfig(name="tutorial-R", backend="tensorrt", max_batch=64)
+    written = write_triton_repo(
+        tmp_path / "repo", cfg, onnx_path=toy_onnx, engine_path=engine, plugin_lib=plugin
+    )
+    model_dir = tmp_path / "repo" / "tutorial-R"
+    assert (model_dir / "1" / "model.plan").read_bytes() == b"serialized engine bytes"
+    assert (model_dir / "plugins" / "libstn_plugins.so").read_bytes() == b"\x7fELF fake"
+    parsed, pb2 = _parse(model_dir / "config.pbtxt")
+    assert parsed.platform == "tensorrt_plan"
+    assert parsed.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
+    readme = (model_dir / "README.md").read_text()
+    assert f"LD_PRELOAD={model_dir / 'plugins' / 'libstn_plugins.so'} tritonserver" in readme
+    assert "server#4365" in readme
+    assert set(written) >= {model_dir / "config.pbtxt", model_dir / "README.md"}
+
+
+def test_onnx_specs_reads_dynamic_batch(toy_onnx):
+    inputs, outputs = onnx_specs(toy_onnx)
+    assert inputs == (TensorSpec("input", (None, 1, 8, 8), "float32"),)
+    assert [o.name for o in outputs] == ["logits", "theta", "warped"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "a/b"}, "plain folder name"),
+        ({"name": "m", "backend": "pytorch"}, "not one of"),
+        ({"name": "m", "max_batch": 0}, "max_batch must be >= 1"),
+        ({"name": "m", "instance_kind": "tpu"}, "auto, cpu or gpu"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TritonRepoConfig(**kwargs)
+
+
+def test_tensorrt_without_engine_is_a_clear_error(toy_onnx, tmp_path):
+    with pytest.raises(SessionError, match="needs an engine"):
+        write_triton_repo(tmp_path, TritonRepoConfig("m", "tensorrt"), onnx_path=toy_onnx)
+    assert main(["triton-repo", str(toy_onnx), "--out", str(tmp_path), "--backend",
+                 "tensorrt"]) == 2  # fmt: skip

@@ -44,6 +44,7 @@ __all__ = [
     "EXTRA_OUTPUTS",
     "export_module",
     "export_checkpoint",
+    "export_plain",
 ]
 
 FLAVOURS = ("standard", "plugin")
@@ -297,6 +298,25 @@ def export_checkpoint(ckpt_dir: str | os.PathLike, out_path: str | os.PathLike, 
 
     loaded = load_checkpoint(ckpt_dir)
     return export_module(loaded.model, loaded.input_shape, out_path, **options)
+
+
+def export_plain(
+    model: nn.Module, input_shape: tuple[int, ...], out_path: str | os.PathLike, opset: int = 20
+) -> Path:
+    """The baseline: plain ``torch.onnx.export(dynamo=True)`` at ``opset``, no custom table.
+
+    Only the names and the dynamic batch match :func:`export_module`; no contract check (at
+    opset 20 it fails it: GridSample modes linear/cubic). Used by the benchmark's comparison.
+    """
+    chw = tuple(int(d) for d in input_shape[-3:])
+    wrapper = _ExportWrapper(copy.deepcopy(model).eval().float(), ()).eval()
+    example = torch.randn(TRACE_BATCH, *chw)
+    ir_model = _run_exporter(wrapper, example, ("logits",), None, opset)
+    passes.pin_ir_version(ir_model)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(ir.serde.serialize_model(ir_model).SerializeToString())
+    return out
 
 
 def onnx_input_dtype(path: str | os.PathLike) -> str:

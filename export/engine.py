@@ -284,11 +284,14 @@ def find_plugin(info: OnnxInfo, plugin_lib, onnx_path: Path) -> Path | None:
 
 
 def _load_plugin(trt, path: Path | None) -> None:
-    if path is not None and trt.get_plugin_registry().load_library(str(path)) is None:
-        raise EngineBuildError(
-            f"TensorRT could not load the plugin library {path} (see the TensorRT log above); "
-            "rebuild it for this TensorRT with `stn-deploy plugins build`"
-        )
+    from stn_deploy.runtime.engine_meta import PluginLibraryError
+    from stn_deploy.runtime.trt import load_plugin_library
+
+    if path is not None:
+        try:
+            load_plugin_library(trt, path)  # once per process, shared with sessions
+        except PluginLibraryError as exc:
+            raise EngineBuildError(str(exc)) from exc
 
 
 def _parse(trt, builder, logger, plan: PrecisionPlan, onnx_path: Path):

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,13 @@ from stn_deploy.runtime.session import (
     TensorSpec,
 )
 
-__all__ = ["TrtSession", "split_batches", "import_tensorrt", "TENSORRT_INSTALL_HINT"]
+__all__ = [
+    "TrtSession",
+    "split_batches",
+    "import_tensorrt",
+    "load_plugin_library",
+    "TENSORRT_INSTALL_HINT",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,35 @@ def import_tensorrt():
             f"TensorRT is not installed here ({exc}). {TENSORRT_INSTALL_HINT}"
         ) from exc
     return trt
+
+
+_LOADED_PLUGINS: dict[str, Any] = {}
+_PLUGIN_LOCK = threading.Lock()
+
+
+def load_plugin_library(trt, path: str | os.PathLike) -> Any:
+    """Load a plugin library into TensorRT's registry once per process; return its handle.
+
+    Loading the same library again would register its creators twice, which TensorRT refuses;
+    every session and build in the process shares the first load.
+    """
+    key = str(Path(path).resolve())
+    with _PLUGIN_LOCK:
+        if key not in _LOADED_PLUGINS:
+            try:
+                handle = trt.get_plugin_registry().load_library(key)
+            except RuntimeError as exc:  # some bindings raise instead of returning None
+                handle, cause = None, f": {exc}"
+            else:
+                cause = ""
+            if handle is None:
+                raise engine_meta.PluginLibraryError(
+                    f"TensorRT could not load the plugin library {key!r}{cause} (see the "
+                    "TensorRT log above: built for another CUDA/TensorRT, or missing symbols); "
+                    "rebuild it with `stn-deploy plugins build`"
+                )
+            _LOADED_PLUGINS[key] = handle
+        return _LOADED_PLUGINS[key]
 
 
 def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
@@ -175,9 +211,10 @@ class TrtSession(Session):
         self._deserialize(trt, data, plugin)
         self._describe_io(trt)
         try:
-            self._slots = [self._make_slot() for _ in range(self.n_contexts)]
-        except Exception:
-            self._close()
+            for _ in range(self.n_contexts):
+                self._add_slot()
+        except BaseException:
+            self._close()  # free the slots made so far
             raise
         for slot in self._slots:
             self._pool.put(slot)
@@ -201,13 +238,7 @@ class TrtSession(Session):
     def _deserialize(self, trt, data: bytes, plugin: Path | None) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
         if plugin is not None:
-            handle = trt.get_plugin_registry().load_library(str(plugin))
-            if handle is None:
-                raise engine_meta.PluginLibraryError(
-                    f"TensorRT could not load the plugin library {str(plugin)!r} (see the "
-                    "TensorRT log above: wrong CUDA/TensorRT version or missing symbols); "
-                    "rebuild it with `stn-deploy plugins build`"
-                )
+            load_plugin_library(trt, plugin)
             self.loaded_plugin = plugin
         self._runtime = trt.Runtime(self._logger)
         if self.meta is not None and self.meta.version_compatible:
@@ -261,18 +292,18 @@ class TrtSession(Session):
         self._tensors = tensors
         self.inputs, self.outputs = tuple(inputs), tuple(outputs)
 
-    def _make_slot(self) -> _Slot:
+    def _add_slot(self) -> None:
         cuda = self._cuda
         context = self._engine.create_execution_context()
         if context is None:
             raise SessionError("TensorRT could not create an execution context (GPU memory?)")
-        stream = cuda.stream()
-        device = {t.name: cuda.device_alloc(t.nbytes_max) for t in self._tensors}
-        host = {t.name: cuda.host_alloc(t.nbytes_max) for t in self._tensors}
+        slot = _Slot(context, cuda.stream(), {}, {})
+        self._slots.append(slot)  # registered first, so _close also frees a half-made slot
         for t in self._tensors:
-            if not context.set_tensor_address(t.name, cuda.device_ptr(device[t.name])):
+            slot.device[t.name] = cuda.device_alloc(t.nbytes_max)
+            slot.host[t.name] = cuda.host_alloc(t.nbytes_max)
+            if not context.set_tensor_address(t.name, cuda.device_ptr(slot.device[t.name])):
                 raise SessionError(f"TensorRT refused the device address of {t.name!r}")
-        return _Slot(context, stream, device, host)
 
     # -- infer ---------------------------------------------------------------------------------
     @property

@@ -513,3 +513,24 @@ def test_plugin_library_tensorrt_cannot_load(fake, tmp_path):
     lib.write_bytes(b"x")
     with pytest.raises(engine_meta.PluginLibraryError, match="could not load the plugin library"):
         TrtSession(path, plugin_lib=lib, sidecar="off").open()
+
+
+def test_plugin_library_is_loaded_once_per_process(fake, tmp_path):
+    _, trt = fake
+    lib = tmp_path / "libstn_gridsample_plugin.so"
+    lib.write_bytes(b"x")
+    engine = _engine(tmp_path)
+    first = TrtSession(engine, plugin_lib=lib, sidecar="off").open()
+    second = TrtSession(engine, plugin_lib=lib, sidecar="off").open()
+    assert first.loaded_plugin == second.loaded_plugin == lib.resolve()
+    assert trt.loaded == [str(lib.resolve())]  # registering its creators twice would fail
+    first.close()
+    second.close()
+
+
+def test_a_failing_context_frees_what_was_made(fake, tmp_path, monkeypatch):
+    cuda, _ = fake
+    monkeypatch.setattr(FakeContext, "set_tensor_address", lambda self, name, ptr: False)
+    with pytest.raises(SessionError, match="refused the device address of 'input'"):
+        TrtSession(_engine(tmp_path), contexts=2).open()
+    assert sorted(kind for kind, _ in cuda.freed) == ["device", "host", "stream"]

@@ -46,10 +46,9 @@ def _source(args):
     from stn_deploy.export.loading import load_checkpoint, load_user_module, parse_shape
 
     if args.module:
-        if not args.input_shape:
-            raise ExportError("--module needs --input-shape, e.g. --input-shape 1,1,28,28")
-        model = load_user_module(args.module, args.weights, args.kwargs)
-        return model, parse_shape(args.input_shape), None
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        loaded = load_user_module(args.module, args.weights, args.kwargs, shape)
+        return loaded.model, loaded.input_shape, None
     if not args.checkpoint:
         raise ExportError("give a checkpoint directory or --module pkg.mod:Class --weights FILE")
     loaded = load_checkpoint(args.checkpoint)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import logging
 import os
 import warnings
@@ -114,13 +115,18 @@ class _ExportWrapper(nn.Module):
 
     def forward(self, input: torch.Tensor):
         self._warp_seen = {}
-        recorder = _Recorder() if self.extra_outputs else contextlib.nullcontext()
-        with recorder:
-            out = self.model(input)
-        logits = _logits(out)
         if not self.extra_outputs:
-            return logits
-        seen = {**recorder.seen, **self._warp_seen}  # a Warp's own theta beats affine_grid's
+            return _logits(self.model(input))
+        aux: dict[str, torch.Tensor] = {}
+        recorder = _Recorder()
+        with recorder:
+            if _takes_return_aux(self.model):  # the zoo's protocol: (logits, {theta, warped})
+                out, aux = self.model(input, return_aux=True)
+            else:
+                out = self.model(input)
+        logits = _logits(out)
+        # the model's own aux beats a Warp's outputs, which beat what F.* calls revealed
+        seen = {**recorder.seen, **self._warp_seen, **aux}
         missing = [name for name in self.extra_outputs if name not in seen]
         if missing:
             raise ExportError(
@@ -128,6 +134,13 @@ class _ExportWrapper(nn.Module):
                 "neither F.grid_sample/F.affine_grid nor a stn_deploy Warp module"
             )
         return (logits, *(seen[name].to(input.dtype) for name in self.extra_outputs))
+
+
+def _takes_return_aux(model: nn.Module) -> bool:
+    try:
+        return "return_aux" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _logits(out):

@@ -206,10 +206,10 @@ def main(argv=None) -> int:
     tests = {"skipped": True} if args.skip_tests else run_tests(print)
 
     from stn_deploy.export.loading import load_checkpoint
-    from stn_deploy.export.verify import test_split
+    from stn_deploy.export.verify import load_test_split
 
     loaded = load_checkpoint(CHECKPOINT)
-    x, _ = test_split(loaded.dataset, loaded.distortion)
+    x, _ = load_test_split(loaded.dataset, loaded.distortion)
     results = benchmark(built, x, args.batches, args.iters, print)
     record = {
         "environment": env,

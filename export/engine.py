@@ -356,13 +356,16 @@ def build_engine(
     trt = _import_trt()
     major = engine_meta.version_tuple(trt.__version__)[0]
     plan = plan_precision(precision, info.precision, major, str(onnx_path))
-    gpu = load_cuda(device).info()
+    cuda = load_cuda(device)
+    cuda.set_device()  # the builder tunes for the current device
+    gpu = cuda.info()
     report(f"building {onnx_path} ({info.flavour}, {plan.precision}) with TensorRT "
            f"{trt.__version__} on {gpu.name}")  # fmt: skip
 
     logger = trt.Logger(trt.Logger.WARNING)
     _load_plugin(trt, plugin)
     builder = trt.Builder(logger)
+    # The parser owns the weights the network points at: keep it alive until the build ends.
     network, _parser = _parse(trt, builder, logger, plan, onnx_path)
     config = builder.create_builder_config()
     opts = {"workspace_mib": workspace_mib, "version_compatible": version_compatible,

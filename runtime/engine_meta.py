@@ -58,6 +58,7 @@ __all__ = [
     "locate_plugin_library",
     "missing_plugin_message",
     "version_tuple",
+    "describe_engine",
 ]
 
 SIDECAR_SUFFIX = ".json"
@@ -333,6 +334,18 @@ def check_meta(
             + f". Rebuild it on this machine with: {rebuild_command(meta, engine_path)}"
         )
     return []
+
+
+def describe_engine(engine_path: str | os.PathLike) -> str:
+    """A short label for tables: 'trt built-in GridSample fp32' / 'trt plugin fp16'."""
+    try:
+        meta = read_meta(engine_path)
+    except SidecarError:
+        meta = None
+    if meta is None:
+        return f"trt {Path(engine_path).name}"
+    kind = "built-in GridSample" if meta.flavour == "standard" else "plugin"
+    return f"trt {kind} {meta.precision}"
 
 
 # -- where the plugin library lives ------------------------------------------------------------

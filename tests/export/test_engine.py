@@ -386,7 +386,8 @@ def _fake_build_trt(version="10.3.0", *, parse_errors=(), fail_build=False):
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    gpu = types.SimpleNamespace(info=lambda: DeviceInfo("Fake GPU", "8.9", "12.4"))
+    gpu = types.SimpleNamespace(info=lambda: DeviceInfo("Fake GPU", "8.9", "12.4"),
+                                set_device=lambda: None)  # fmt: skip
     monkeypatch.setattr(cuda_util, "load_cuda", lambda device=0, prefer=None: gpu)
 
 

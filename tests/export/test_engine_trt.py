@@ -42,11 +42,11 @@ def checkpoint():
 
 @pytest.fixture(scope="module")
 def test_data(checkpoint):
-    from stn_deploy.export.verify import test_split
+    from stn_deploy.export.verify import load_test_split
 
     if not (checkpoint.dataset and checkpoint.distortion):
         pytest.skip("the checkpoint names no dataset/distortion for its test split")
-    return test_split(checkpoint.dataset, checkpoint.distortion)
+    return load_test_split(checkpoint.dataset, checkpoint.distortion)
 
 
 @pytest.fixture(scope="module")

@@ -294,3 +294,15 @@ def test_missing_plugin_message_lists_paths_and_the_fix():
     assert message.startswith("engine 'x.engine' needs the stn GridSample plugin library")
     assert "tried: /a/lib.so, /b/**/libstn*plugin*.so." in message
     assert "`stn-deploy plugins build`" in message and f"${PLUGIN_ENV}=PATH" in message
+
+
+def test_describe_engine_labels_flavour_and_precision(tmp_path):
+    from stn_deploy.runtime.engine_meta import describe_engine
+
+    write_meta(tmp_path / "a.engine", _meta())
+    write_meta(tmp_path / "b.engine", _meta(flavour="plugin", precision="fp16"))
+    (tmp_path / "c.engine.json").write_text("{broken")
+    assert describe_engine(tmp_path / "a.engine") == "trt built-in GridSample fp32"
+    assert describe_engine(tmp_path / "b.engine") == "trt plugin fp16"
+    assert describe_engine(tmp_path / "c.engine") == "trt c.engine"
+    assert describe_engine(tmp_path / "d.engine") == "trt d.engine"

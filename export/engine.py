@@ -106,9 +106,11 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxInfo:
             f"ONNX file {str(path)!r} does not exist; export one with: "
             "stn-deploy export CKPT_DIR --out model.onnx"
         )
+    from google.protobuf.message import DecodeError
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises its own DecodeError
+    except (DecodeError, ValueError, OSError) as exc:
         raise EngineBuildError(f"{str(path)!r} is not an ONNX model ({exc})") from exc
     return info_from_model(model, str(path))
 
@@ -209,7 +211,7 @@ def _call(obj, method: str, default):
     fn = getattr(obj, method, None)
     try:
         return fn() if callable(fn) else default
-    except Exception:  # an older binding may lack or fail on a newer accessor
+    except (AttributeError, RuntimeError, TypeError):  # an older binding's accessor
         return default
 
 

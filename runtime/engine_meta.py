@@ -64,8 +64,10 @@ __all__ = [
 SIDECAR_SUFFIX = ".json"
 SCHEMA_VERSION = 1
 PLUGIN_ENV = "STN_PLUGIN_LIB"
-# File names looked for directly under plugins/build (then any libstn*plugin*.so below it).
+# File names looked for directly under plugins/build, then any libstn*.so below it whose name
+# does not contain "cpu".
 PLUGIN_LIBRARY_NAMES = ("libstn_gridsample_plugin.so", "libstn_plugins.so")
+PLUGIN_GLOB = "libstn*.so"
 SIDECAR_MODES = ("check", "strict", "off")
 # As the exporter names them: "standard" runs TensorRT's built-in GridSample layer, "plugin" ours.
 FLAVOURS = ("standard", "plugin")
@@ -385,8 +387,11 @@ def locate_plugin_library(
             if place.is_file():
                 return place.resolve(), tried
         else:
-            tried.append(f"{place}/**/libstn*plugin*.so")
-            found = sorted(place.glob("**/libstn*plugin*.so")) if place.is_dir() else []
+            tried.append(f"{place}/**/{PLUGIN_GLOB}")
+            found = sorted(
+                p for p in (place.glob(f"**/{PLUGIN_GLOB}") if place.is_dir() else [])
+                if "cpu" not in p.name  # the CPU test build of the kernels is no TRT plugin
+            )
             if found:
                 return found[0].resolve(), tried
     return None, tried

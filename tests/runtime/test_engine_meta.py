@@ -276,9 +276,13 @@ def test_default_locations_then_a_search_of_the_build_folder(tmp_path):
     assert tried == [
         str(build / "libstn_gridsample_plugin.so"),
         str(build / "libstn_plugins.so"),
-        f"{build}/**/libstn*plugin*.so",
+        f"{build}/**/libstn*.so",
     ]
-    nested = build / "Release" / "lib" / "libstn_gridsample_plugin.so"
+    cpu_build = build / "libstn_gridsample_cpu-1234.so"
+    cpu_build.parent.mkdir(parents=True)
+    cpu_build.write_bytes(b"cpu")
+    assert locate_plugin_library(None, env={}, root=tmp_path)[0] is None
+    nested = build / "Release" / "lib" / "libstn_gridsample_trt.so"
     nested.parent.mkdir(parents=True)
     nested.write_bytes(b"x")
     found, _ = locate_plugin_library(None, env={}, root=tmp_path)
@@ -290,9 +294,9 @@ def test_default_locations_then_a_search_of_the_build_folder(tmp_path):
 
 
 def test_missing_plugin_message_lists_paths_and_the_fix():
-    message = missing_plugin_message(["/a/lib.so", "/b/**/libstn*plugin*.so"], "engine 'x.engine'")
+    message = missing_plugin_message(["/a/lib.so", "/b/**/libstn*.so"], "engine 'x.engine'")
     assert message.startswith("engine 'x.engine' needs the stn GridSample plugin library")
-    assert "tried: /a/lib.so, /b/**/libstn*plugin*.so." in message
+    assert "tried: /a/lib.so, /b/**/libstn*.so." in message
     assert "`stn-deploy plugins build`" in message and f"${PLUGIN_ENV}=PATH" in message
 
 

@@ -133,9 +133,9 @@ def time_session(session, x: np.ndarray, batch: int, iters: int) -> dict:
         session.infer(feeds)  # synchronous: returns host numpy arrays
         samples.append(time.perf_counter() - started)
     ms = np.array(samples) * 1e3
-    median = float(np.median(ms))
-    return {"batch": batch, "median_ms": round(median, 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4),
+    median = round(float(np.median(ms)), 6)  # 1 ns resolution: small batches take ~10 us
+    return {"batch": batch, "median_ms": median,
+            "p90_ms": round(float(np.percentile(ms, 90)), 6),
             "samples_per_s": round(batch / median * 1e3, 1), "iters": iters}  # fmt: skip
 
 

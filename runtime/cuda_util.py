@@ -153,7 +153,11 @@ class CudaPython(Cuda):
         if int(err) != 0:
             self._ok((err,))
         try:
-            return self._ok(self.rt.cudaGraphInstantiate(graph, 0))
+            try:
+                result = self.rt.cudaGraphInstantiate(graph, 0)  # cuda-python >= 12
+            except TypeError:  # cuda-python 11: (graph, log buffer, flags) -> 3 results
+                result = self.rt.cudaGraphInstantiate(graph, b"", 0)[:2]
+            return self._ok(result)
         finally:
             self.rt.cudaGraphDestroy(graph)
 

@@ -25,6 +25,7 @@ from stn_deploy.plugins.names import mode_int, padding_int
 
 __all__ = [
     "SOURCE_DIR",
+    "cpu_cache_dir",
     "library_path",
     "load",
     "grid_sample",
@@ -42,7 +43,8 @@ _LIB: ctypes.CDLL | None = None
 _FUNCS = ("stn_grid_sample_f32", "stn_affine_grid_sample_f32", "stn_projective_grid_sample_f32")
 
 
-def _cache_dir() -> Path:
+def cpu_cache_dir() -> Path:
+    """Where compiled CPU libraries are kept ($STN_DEPLOY_CACHE or ~/.cache/stn-deploy)."""
     root = os.environ.get("STN_DEPLOY_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "stn-deploy"
 
@@ -67,7 +69,7 @@ def _compiler() -> str:
 
 def library_path() -> Path:
     """Path of the CPU library for the current sources, compiling it if it is not there yet."""
-    target = _cache_dir() / f"libstn_gridsample_cpu-{_source_hash()}.so"
+    target = cpu_cache_dir() / f"libstn_gridsample_cpu-{_source_hash()}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -487,3 +487,17 @@ def test_sidecar_json_is_plain_data(monkeypatch, tmp_path, fake_gpu):
     data = json.loads(result.sidecar_path.read_text())
     assert data["stn_deploy_version"] == "0.1.0" and data["built_at"].endswith("+00:00")
     assert np.isclose(data["build_seconds"], result.meta.build_seconds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flavour", "precision"), [("standard", "fp32"), ("plugin", "fp16")])
+def test_inspect_reads_what_the_exporter_writes(tmp_path, flavour, precision):
+    from stn_deploy.export.onnx_export import export_module
+    from stn_deploy.models.zoo import build_model
+
+    path = tmp_path / "m.onnx"
+    export_module(build_model("tutorial"), (1, 28, 28), path, flavour=flavour, precision=precision)
+    info = inspect_onnx(path)
+    assert (info.flavour, info.precision, info.input_shape) == (flavour, precision, (1, 28, 28))
+    assert info.input_name == "input" and info.batch_dynamic
+    assert info.plugin_ops == (("STNAffineGridSample",) if flavour == "plugin" else ())

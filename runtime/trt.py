@@ -268,9 +268,17 @@ class TrtSession(Session):
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             shape = tuple(engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape[1:]):
+                raise SessionError(
+                    f"tensor {name!r} of {str(self.engine_path)!r} has shape {list(shape)}: "
+                    "only the batch dimension may be dynamic (build with stn-deploy build)"
+                )
             if is_input:
-                _, _, max_shape = engine.get_tensor_profile_shape(name, 0)
-                input_max[name] = tuple(max_shape)
+                if shape[0] < 0:
+                    _, _, max_shape = engine.get_tensor_profile_shape(name, 0)
+                    input_max[name] = tuple(max_shape)
+                else:  # a fixed-batch engine (e.g. from trtexec without shapes)
+                    input_max[name] = shape
             spec = TensorSpec(name, tuple(None if d < 0 else d for d in shape), dtype.name)
             (inputs if is_input else outputs).append(spec)
             tensors.append(_Tensor(name, is_input, dtype, tuple(shape[1:]), 0))

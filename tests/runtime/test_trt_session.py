@@ -534,3 +534,10 @@ def test_a_failing_context_frees_what_was_made(fake, tmp_path, monkeypatch):
     with pytest.raises(SessionError, match="refused the device address of 'input'"):
         TrtSession(_engine(tmp_path), contexts=2).open()
     assert sorted(kind for kind, _ in cuda.freed) == ["device", "host", "stream"]
+
+
+def test_only_the_batch_may_be_dynamic(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeEngine, "get_tensor_shape",
+                        lambda self, name: (-1, 1, -1, 4) if name == "input" else (-1, 3))
+    with pytest.raises(SessionError, match=r"shape \[-1, 1, -1, 4\]: only the batch dimension"):
+        TrtSession(_engine(tmp_path)).open()

@@ -202,9 +202,12 @@ def _validate(flavour: str, precision: str, extra_outputs: Sequence[str], shape)
 
 def _run_exporter(wrapper, example, output_names, table, opset) -> ir.Model:
     batch = torch.export.Dim("batch", min=1)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # torchvision-missing notices are noise here
+    # torchvision-missing notices and the optimizer's per-pass INFO lines are noise here
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [q.level for q in quiet]
+    if not log.isEnabledFor(logging.DEBUG):
+        for q in quiet:
+            q.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
@@ -231,7 +234,8 @@ def _run_exporter(wrapper, example, output_names, table, opset) -> ir.Model:
     except Exception as exc:  # the exporter raises many types; keep its message
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        quiet.setLevel(level)
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     return program.model
 
 

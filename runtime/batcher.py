@@ -2,8 +2,9 @@
 
 Threads, deliberately: one worker thread owns the session and runs one batch at a time (ONNX
 Runtime, TensorRT and PyTorch release the GIL while they compute, so the event loop keeps
-decoding the next requests meanwhile). Callers get a ``concurrent.futures.Future``; asyncio code
-awaits it through :meth:`DynamicBatcher.infer_async`.
+decoding the next requests meanwhile). Threads get a ``concurrent.futures.Future``; asyncio code
+gets an asyncio Future (:meth:`DynamicBatcher.submit_async`), and the worker answers all of one
+batch's asyncio futures with a single event-loop wake-up rather than one per request.
 
 Rules the tests pin down:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -105,7 +107,40 @@ class _Item:
     rows: int
     enqueued: float
     deadline: float | None
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future
+
+    def claim(self) -> bool:
+        """False if the caller already gave up (cancelled); else the item is now running."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.cancelled()  # a racy read is fine: _deliver re-checks
+
+
+def _deliver(pairs: list[tuple[asyncio.Future, Any]]) -> None:
+    for fut, outcome in pairs:
+        if fut.done():
+            continue
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            fut.set_result(outcome)
+
+
+def _settle(pairs: list[tuple[_Item, Any]]) -> None:
+    """Give each item its result or exception; one event-loop wake-up per loop, not per item."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for item, outcome in pairs:
+        if item.loop is None:
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        else:
+            by_loop.setdefault(item.loop, []).append((item.future, outcome))
+    for loop, loop_pairs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody left to answer
+            loop.call_soon_threadsafe(_deliver, loop_pairs)
 
 
 class _Joiner:
@@ -160,6 +195,7 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._worker_waiting = False
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -213,13 +249,33 @@ class DynamicBatcher:
         _Joiner(parent, [it.future for it in items])
         return parent
 
+    def submit_async(
+        self, feeds: Mapping[str, Any], timeout: float | None = None, *, validated: bool = False
+    ):
+        """Like :meth:`submit` from a running event loop; returns an awaitable asyncio Future.
+
+        The worker answers a whole batch's futures of one loop with a single wake-up.
+        ``validated=True`` skips ``check_feeds`` for feeds already checked against the session's
+        input specs (the protocol decoder does exactly that).
+        """
+        checked = dict(feeds) if validated else self.session.check_feeds(feeds)
+        rows = next(iter(checked.values())).shape[0]
+        if rows > self.config.max_batch:  # chunked: the thread-safe path joins the chunks
+            return asyncio.wrap_future(self.submit(checked, timeout))
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        item = _Item(checked, rows, now, deadline, loop.create_future(), loop)
+        self._enqueue([item], rows)
+        return item.future
+
     def infer(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:
         """Blocking convenience: submit and wait."""
         return self.submit(feeds, timeout).result()
 
     async def infer_async(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:
         """Submit from asyncio code and await the outputs without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(feeds, timeout))
+        return await self.submit_async(feeds, timeout)
 
     def _enqueue(self, items: list[_Item], rows: int) -> None:
         cfg = self.config
@@ -239,7 +295,8 @@ class DynamicBatcher:
                 )
             self._queue.extend(items)
             self._queued_rows += rows
-            self._cond.notify_all()
+            if self._worker_waiting:  # waking a busy worker only costs the GIL
+                self._cond.notify()
 
     # -- worker --------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -257,13 +314,13 @@ class DynamicBatcher:
             while not self._queue:
                 if self._closing:
                     return None
-                self._cond.wait()
+                self._wait()
             flush_at = self._queue[0].enqueued + cfg.max_delay_ms / 1000.0
             while self._queued_rows < cfg.max_batch and not self._closing:
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._wait(remaining)
             batch: list[_Item] = []
             rows = 0
             while self._queue and rows + self._queue[0].rows <= cfg.max_batch:
@@ -274,15 +331,21 @@ class DynamicBatcher:
                     rows += item.rows
             return batch
 
+    def _wait(self, timeout: float | None = None) -> None:
+        self._worker_waiting = True
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._worker_waiting = False
+
     @staticmethod
     def _admit(item: _Item) -> bool:
-        if not item.future.set_running_or_notify_cancel():
+        if not item.claim():
             return False  # the caller went away
         if item.deadline is not None and time.monotonic() > item.deadline:
             waited = time.monotonic() - item.enqueued
-            item.future.set_exception(
-                DeadlineExceededError(f"request waited {waited * 1000:.1f} ms, past its deadline")
-            )
+            message = f"request waited {waited * 1000:.1f} ms, past its deadline"
+            _settle([(item, DeadlineExceededError(message))])
             return False
         return True
 
@@ -305,14 +368,14 @@ class DynamicBatcher:
                     )
         except Exception as exc:  # the batch's own failure goes to its callers only
             failed = True
-            for it in batch:
-                it.future.set_exception(exc)
+            _settle([(it, exc) for it in batch])
         else:
-            offset = 0
+            offset, pairs = 0, []
             for it in batch:
                 end = offset + it.rows
-                it.future.set_result({n: v[offset:end] for n, v in outputs.items()})
+                pairs.append((it, {n: v[offset:end] for n, v in outputs.items()}))
                 offset = end
+            _settle(pairs)
         if self.observer is not None:
             self.observer.on_batch(
                 total, [start - it.enqueued for it in batch], time.monotonic() - start, failed

@@ -70,20 +70,29 @@ class ServerMetrics:
             "stn_queue_samples", "Samples waiting in the batcher's queue", ["model"], registry=r
         )
 
+        # labelled children, looked up once: labels() costs a lock and a dict per call
+        self._batch = self.batch_size.labels(model)
+        self._queue = self.queue_seconds.labels(model)
+        self._infer = self.inference_seconds.labels(model)
+        self._request_seconds = self.request_seconds.labels(model)
+        self._by_code: dict[int, object] = {}
+
     def on_batch(
         self, size: int, queue_seconds: list[float], infer_seconds: float, failed: bool
     ) -> None:
-        self.batch_size.labels(self.model).observe(size)
-        queue = self.queue_seconds.labels(self.model)
+        self._batch.observe(size)
         for q in queue_seconds:
-            queue.observe(q)
-        self.inference_seconds.labels(self.model).observe(infer_seconds)
+            self._queue.observe(q)
+        self._infer.observe(infer_seconds)
         if failed:
             self.errors.labels(self.model, "backend").inc(len(queue_seconds))
 
     def on_request(self, code: int, seconds: float, error_kind: str | None = None) -> None:
-        self.requests.labels(self.model, str(code)).inc()
-        self.request_seconds.labels(self.model).observe(seconds)
+        counter = self._by_code.get(code)
+        if counter is None:
+            counter = self._by_code[code] = self.requests.labels(self.model, str(code))
+        counter.inc()
+        self._request_seconds.observe(seconds)
         if error_kind is not None and error_kind != "backend":  # backend: counted per batch
             self.errors.labels(self.model, error_kind).inc()
 

@@ -1,0 +1,413 @@
+"""Load benchmark of ``stn-deploy serve``: concurrency 1..128 from a real client over loopback.
+
+Compares three things on the same machine and model:
+
+1. the raw ONNX Runtime session, best throughput over batch sizes (the ceiling);
+2. the server with dynamic batching (``--max-batch 64 --max-delay-ms 2``);
+3. the same server with batching off (``--max-batch 1 --max-delay-ms 0``: one request, one call).
+
+Each server runs in its own process (``stn-deploy serve``), the client in this one. The client
+is deliberately cheap, because on a 2-core box it competes with the server for the CPU: it
+prebuilds every request body in Triton's binary tensor format, keeps one HTTP/1.1 keep-alive
+connection per concurrent stream, and parses only the status line, two headers and the binary
+logits. Every response is checked against its own request (logits within 1e-4 of a local ONNX
+Runtime run on that input, same top-1), and any error or mismatch fails the run.
+
+    .venv/bin/python bench/load_bench.py [MODEL.onnx|CKPT_DIR] [--out bench/results/x.json]
+    .venv/bin/python bench/load_bench.py MODEL --server 127.0.0.1:8000 --name NAME
+
+Without MODEL it serves models/checkpoints/tutorial-R (exported once to ONNX), or, before that
+checkpoint exists, a randomly initialised tutorial STN (same architecture, same cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
+TARGET_CONCURRENCY = 64
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    mismatches: int
+    seconds: float
+    throughput: float  # samples (= requests, batch 1) per second
+    p50_ms: float
+    p99_ms: float
+    client_cpu_ms_per_request: float = 0.0
+    server_cpu_ms_per_request: float | None = None  # only when the server is our subprocess
+
+
+# -- model ----------------------------------------------------------------------------------------
+def bench_model(model: str | None, workdir: Path) -> Path:
+    """An ONNX file to serve: MODEL, the tutorial-R checkpoint, or a random tutorial STN."""
+    if model and Path(model).suffix == ".onnx":
+        return Path(model)
+    from stn_deploy.models import shipped_checkpoints
+    from stn_deploy.serve import checkpoint_onnx
+
+    ckpt = model or shipped_checkpoints().get("tutorial-R")
+    if ckpt:
+        return checkpoint_onnx(ckpt, extra_outputs=())
+    from stn_deploy.export.onnx_export import export_module
+    from stn_deploy.models import build_model
+
+    out = workdir / "tutorial-random.onnx"
+    export_module(build_model("tutorial"), (1, 28, 28), out)
+    return out
+
+
+def _ort(path: Path, threads: int | None):
+    from stn_deploy.runtime.ort import OrtSession
+
+    return OrtSession(path, threads=threads).open()
+
+
+def raw_session_best(path: Path, threads: int | None, seconds: float = 1.5) -> dict:
+    """Samples/s of the bare session per batch size; the best is the ceiling."""
+    sess = _ort(path, threads)
+    shape = [d if isinstance(d, int) else 1 for d in sess.inputs[0].shape[1:]]
+    per_batch = {}
+    for batch in (1, 8, 16, 32, 64, 128, 256):
+        x = np.random.default_rng(batch).random((batch, *shape), dtype=np.float32)
+        sess.infer({"input": x})
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            sess.infer({"input": x})
+            n += 1
+        per_batch[batch] = round(n * batch / (time.perf_counter() - start), 1)
+    sess.close()
+    best = max(per_batch, key=per_batch.get)
+    return {"per_batch": per_batch, "best_batch": best, "best_throughput": per_batch[best]}
+
+
+# -- requests -------------------------------------------------------------------------------------
+def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0):
+    """n prebuilt HTTP requests (batch 1, binary tensors) and the logits each must return."""
+    sess = _ort(path, None)
+    shape = [d if isinstance(d, int) else 1 for d in sess.inputs[0].shape[1:]]
+    rng = np.random.default_rng(seed)
+    xs = rng.random((n, 1, *shape), dtype=np.float32)
+    expected = [sess.infer({"input": x})["logits"][0] for x in xs]
+    sess.close()
+    requests = []
+    for x in xs:
+        header = json.dumps(
+            {
+                "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                            "parameters": {"binary_data_size": x.nbytes}}],
+                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+            },
+            separators=(",", ":"),
+        ).encode()
+        body = header + x.tobytes()
+        head = (
+            f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests, expected
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, int | None]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    header_len = headers.get("inference-header-content-length")
+    return status, body, int(header_len) if header_len else None
+
+
+def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
+    if header_len is None:
+        return False
+    got = np.frombuffer(body, np.float32, offset=header_len)
+    return (
+        got.shape == expected.shape
+        and bool(np.allclose(got, expected, rtol=1e-4, atol=1e-4))
+        and int(got.argmax()) == int(expected.argmax())
+    )
+
+
+def _proc_cpu_s(pid: int | None) -> float | None:
+    """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def run_level(host: str, port: int, requests, expected, concurrency: int,
+                    max_requests: int, max_seconds: float, pid: int | None = None) -> LevelResult:
+    """``concurrency`` keep-alive connections, each sending its next request when answered."""
+    latencies: list[float] = []
+    counters = {"next": 0, "errors": 0, "mismatches": 0}
+    stop_at = time.perf_counter() + max_seconds
+
+    async def stream() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while counters["next"] < max_requests and time.perf_counter() < stop_at:
+                i = counters["next"]
+                counters["next"] += 1
+                k = i % len(requests)
+                t0 = time.perf_counter()
+                writer.write(requests[k])
+                status, body, header_len = await _read_response(reader)
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    counters["errors"] += 1
+                elif not _check(body, header_len, expected[k]):
+                    counters["mismatches"] += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    start, cpu0, server0 = time.perf_counter(), _own_cpu_s(), _proc_cpu_s(pid)
+    await asyncio.gather(*(stream() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    cpu, server1 = _own_cpu_s() - cpu0, _proc_cpu_s(pid)
+    n = max(1, len(latencies))
+    server_ms = None if server1 is None else round((server1 - server0) * 1000 / n, 4)
+    lat = np.asarray(latencies) * 1000
+    return LevelResult(
+        concurrency=concurrency, requests=len(latencies), errors=counters["errors"],
+        mismatches=counters["mismatches"], seconds=round(seconds, 3),
+        throughput=round(len(latencies) / seconds, 1),
+        p50_ms=round(float(np.percentile(lat, 50)), 3),
+        p99_ms=round(float(np.percentile(lat, 99)), 3),
+        client_cpu_ms_per_request=round(cpu * 1000 / n, 4), server_cpu_ms_per_request=server_ms,
+    )  # fmt: skip
+
+
+# -- servers --------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model: Path, name: str, max_batch: int, max_delay_ms: float, threads: int | None):
+    """``stn-deploy serve`` in a subprocess on a free loopback port; SIGTERM at the end."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "stn_deploy.cli", "serve", str(model), "--backend", "ort",
+           "--name", name, "--port", str(port), "--max-batch", str(max_batch),
+           "--max-delay-ms", str(max_delay_ms), "--max-queue", "4096"]  # fmt: skip
+    if threads:
+        cmd += ["--threads", str(threads)]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                    break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode()[-2000:]
+                    raise RuntimeError(f"server did not start: {tail}") from exc
+                time.sleep(0.1)
+        yield "127.0.0.1", port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _metrics(host: str, port: int) -> dict:
+    """Mean batch size and call count from the server's own /metrics."""
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for key in ("stn_batch_size_sum", "stn_batch_size_count"):
+            if line.startswith(key + "{"):
+                values[key] = float(line.rsplit(" ", 1)[1])
+    count = values.get("stn_batch_size_count", 0)
+    return {"backend_calls": int(count),
+            "mean_batch": round(values.get("stn_batch_size_sum", 0) / count, 2) if count else 0}
+
+
+def _run(coro):
+    """asyncio.run on uvloop when installed: the client's own overhead competes for the CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def bench_server(host: str, port: int, requests, expected, levels: Sequence[int],
+                 max_requests: int, max_seconds: float, pid: int | None = None
+                 ) -> list[LevelResult]:
+    results = []
+    _run(run_level(host, port, requests, expected, 8, 200, 2.0))  # warm-up
+    for c in levels:
+        r = _run(
+            run_level(host, port, requests, expected, c, max_requests, max_seconds, pid)
+        )
+        print(f"  c={c:<4} {r.throughput:8.1f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+              f"  cpu/req client {r.client_cpu_ms_per_request:.3f} ms server "
+              f"{r.server_cpu_ms_per_request} ms  errors {r.errors} mismatches {r.mismatches}",
+              flush=True)
+        results.append(r)
+    return results
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _machine() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("stn-deploy", "onnxruntime", "numpy", "uvicorn", "starlette", "torch"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def run_load_bench(model: str | None = None, *, levels: Sequence[int] = LEVELS,
+                   max_requests: int = 3000, max_seconds: float = 4.0, threads: int | None = None,
+                   server: str | None = None, name: str = "stn") -> dict:
+    """Run the whole comparison (or only the client side against ``server``); return the report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bench_model(model, Path(tmp))
+        host_hdr = server or "127.0.0.1"
+        requests, expected = build_requests(path, name, host_hdr, 512)
+        report = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": _machine(), "versions": _versions(),
+            "load_average_before": os.getloadavg(),
+            "model": {"onnx": str(path), "source": model or "tutorial-R (or random tutorial STN)",
+                      "bytes": path.stat().st_size},
+            "client": "asyncio keep-alive HTTP/1.1, one connection per concurrent stream, "
+                      "prebuilt binary-tensor bodies (batch 1), binary logits parsed and "
+                      "checked against a local ONNX Runtime run of the same input; client and "
+                      "server share the machine's cores",
+            "levels": list(levels), "max_requests_per_level": max_requests,
+            "max_seconds_per_level": max_seconds,
+        }  # fmt: skip
+        if server:
+            host, port = server.rsplit(":", 1)
+            results = bench_server(host, int(port), requests, expected, levels, max_requests,
+                                   max_seconds)
+            report["server"] = {"url": server, "levels": [asdict(r) for r in results]}
+            return report
+        print("raw ONNX Runtime session:", flush=True)
+        report["raw_session"] = raw_session_best(path, threads)
+        print(f"  {report['raw_session']}", flush=True)
+        configs = {"batched": (64, 2.0), "per_request": (1, 0.0)}
+        for label, (max_batch, delay) in configs.items():
+            print(f"server, {label} (max_batch {max_batch}, max_delay_ms {delay}):", flush=True)
+            with served(path, name, max_batch, delay, threads) as (host, port, proc):
+                results = bench_server(host, port, requests, expected, levels, max_requests,
+                                       max_seconds, proc.pid)
+                report[label] = {"max_batch": max_batch, "max_delay_ms": delay,
+                                 "levels": [asdict(r) for r in results], **_metrics(host, port)}
+    report["load_average_after"] = os.getloadavg()
+    report["targets"] = _targets(report)
+    return report
+
+
+def _at(report: dict, label: str, c: int) -> dict:
+    return next(r for r in report[label]["levels"] if r["concurrency"] == c)
+
+
+def _targets(report: dict) -> dict:
+    c = TARGET_CONCURRENCY
+    if c not in report["levels"]:
+        return {}
+    batched = _at(report, "batched", c)["throughput"]
+    single = _at(report, "per_request", c)["throughput"]
+    raw = report["raw_session"]["best_throughput"]
+    bad = sum(r["errors"] + r["mismatches"] for k in ("batched", "per_request")
+              for r in report[k]["levels"])  # fmt: skip
+    return {
+        "concurrency": c,
+        "vs_raw_session": round(batched / raw, 3), "vs_raw_session_target": 0.5,
+        "vs_per_request": round(batched / single, 2), "vs_per_request_target": 3.0,
+        "errors_and_mismatches": bad,
+        "met": batched >= 0.5 * raw and batched >= 3 * single and bad == 0,
+    }  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", help=".onnx or checkpoint dir (default: tutorial-R)")
+    parser.add_argument("--server", help="bench a running server HOST:PORT (client side only)")
+    parser.add_argument("--name", default="stn", help="model name on the server")
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
+    parser.add_argument("--max-requests", type=int, default=3000, help="per level")
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="per level")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--out", help="write the JSON report here (e.g. bench/results/x.json)")
+    args = parser.parse_args(argv)
+    report = run_load_bench(
+        args.model, levels=[int(v) for v in args.levels.split(",")],
+        max_requests=args.max_requests, max_seconds=args.max_seconds, threads=args.threads,
+        server=args.server, name=args.name,
+    )  # fmt: skip
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(json.dumps(report.get("targets", {}), indent=2))
+    bad = report.get("targets", {}).get("errors_and_mismatches", 0)
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

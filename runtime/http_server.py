@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import socket
 import sys
 import threading
@@ -334,7 +335,27 @@ def run_server(model: ServedModel, config: ServerConfig | None = None) -> None:
     # switch interval a busy event loop makes it wait up to 5 ms each time (measured: batches
     # of ~10 every 7 ms at concurrency 64). This process is ours, so shorten it.
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
-    uvicorn.Server(_uvicorn_config(create_app(model, config), config)).run()
+    server = uvicorn.Server(_uvicorn_config(create_app(model, config), config))
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the previous
+    # handler; make that a normal return so `stn-deploy serve` exits 0 after a clean stop.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run()
+    except _Stopped:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived and the server has already shut down gracefully."""
+
+
+def _stopped(signum, frame) -> None:
+    raise _Stopped
 
 
 class ServerThread:

@@ -207,3 +207,44 @@ def test_observer_sees_every_batch(rng):
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError, match="e.g."):
         BatcherConfig(**kwargs)
+
+
+def test_asyncio_callers_coalesce_and_get_their_own_rows(rng):
+    import asyncio
+
+    sess = _Recorder(delay=0.005).open()
+    feeds = [_x(rng, n) for n in [1, 2, 3, 1, 4, 1, 2, 9] * 3]  # 9 > max_batch: chunked
+
+    async def run(b):
+        return await asyncio.gather(*(b.infer_async({"input": x}) for x in feeds))
+
+    with DynamicBatcher(sess, BatcherConfig(max_batch=8, max_delay_ms=20)) as b:
+        results = asyncio.run(run(b))
+    for x, out in zip(feeds, results):
+        np.testing.assert_array_equal(out["logits"], x * 3)
+    assert max(sess.batches) <= 8
+    assert len(sess.batches) < len(feeds)
+
+
+def test_asyncio_deadline_and_cancellation(rng):
+    import asyncio
+
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+
+    async def run(b):
+        blocker = b.submit_async({"input": _x(rng, 1)})
+        await asyncio.sleep(0.05)
+        late = b.submit_async({"input": _x(rng, 1)}, timeout=0.05)
+        gone = b.submit_async({"input": _x(rng, 1)})
+        gone.cancel()
+        await asyncio.sleep(0.15)
+        gate.set()
+        await blocker
+        with pytest.raises(DeadlineExceededError):
+            await late
+        return gone.cancelled()
+
+    with DynamicBatcher(sess, BatcherConfig(max_batch=1, max_delay_ms=0)) as b:
+        assert asyncio.run(run(b)) is True
+    assert sess.batches == [1]  # neither the late nor the cancelled request ran

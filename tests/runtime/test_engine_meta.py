@@ -310,3 +310,11 @@ def test_describe_engine_labels_flavour_and_precision(tmp_path):
     assert describe_engine(tmp_path / "b.engine") == "trt plugin fp16"
     assert describe_engine(tmp_path / "c.engine") == "trt c.engine"
     assert describe_engine(tmp_path / "d.engine") == "trt d.engine"
+
+
+def test_first_default_location_is_where_plugins_build_writes_the_library():
+    from stn_deploy.plugins.build import DEFAULT_BUILD_DIR, PLUGIN_LIBRARY
+    from stn_deploy.runtime.engine_meta import PLUGIN_LIBRARY_NAMES, default_plugin_locations
+
+    assert PLUGIN_LIBRARY_NAMES[0] == PLUGIN_LIBRARY
+    assert default_plugin_locations()[0] == DEFAULT_BUILD_DIR / PLUGIN_LIBRARY

@@ -7,10 +7,11 @@
    layer; plugin: our stn plugin) and both precisions, and builds an engine for each (the plugin
    flavour needs the plugin library: `stn-deploy plugins build`, or $STN_PLUGIN_LIB);
 3. runs the tensorrt-marked tests (`pytest -m tensorrt`);
-4. times TensorRT built-in vs TensorRT plugin vs ONNX Runtime vs PyTorch eager over batch sizes
-   (median and p90 latency of a synchronous numpy-in/numpy-out call, so host<->device copies
-   count for every backend) and checks each engine's logits against PyTorch;
-5. writes everything to bench/results/trt-check-<gpu>-<date>.json and prints a table.
+4. checks every backend's logits against PyTorch on the test split, then times TensorRT built-in
+   vs TensorRT plugin vs ONNX Runtime vs PyTorch eager over batch sizes with
+   ``stn_deploy.runtime.bench.measure_interleaved`` (p50/p90/p99 of a synchronous numpy-in /
+   numpy-out call, so host<->device copies count for every backend);
+5. writes everything to bench/results/trt-check-<gpu>-<date>.json (+ .png) and prints a table.
 
 It exits 2 without a GPU or TensorRT, saying why. Written for GPU machines; it has not been run
 in this repository's CI (no GPU there).
@@ -129,22 +130,6 @@ def run_tests(report) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
-def time_session(session, x: np.ndarray, batch: int, iters: int) -> dict:
-    feeds = {session.input_names[0]: x[:batch].astype(session.inputs[0].dtype)}
-    for _ in range(max(3, iters // 10)):
-        session.infer(feeds)  # warm-up: CUDA graph capture, cuDNN autotune, ORT arena
-    samples = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        session.infer(feeds)  # synchronous: returns host numpy arrays
-        samples.append(time.perf_counter() - started)
-    ms = np.array(samples) * 1e3
-    median = round(float(np.median(ms)), 6)  # 1 ns resolution: small batches take ~10 us
-    return {"batch": batch, "median_ms": median,
-            "p90_ms": round(float(np.percentile(ms, 90)), 6),
-            "samples_per_s": round(batch / median * 1e3, 1), "iters": iters}  # fmt: skip
-
-
 def sessions(built: dict, loaded):
     """name -> zero-argument factory of an open Session."""
     import onnxruntime as ort
@@ -158,8 +143,9 @@ def sessions(built: dict, loaded):
     gpu_ep = "CUDAExecutionProvider" in ort.get_available_providers()
     providers = ["CUDAExecutionProvider"] * gpu_ep + ["CPUExecutionProvider"]
     ort_name = "ort-cuda-fp32" if gpu_ep else "ort-cpu-fp32"
-    standard = built["onnx"]["standard", "fp32"]
-    out[ort_name] = lambda: OrtSession(standard, providers=providers).open()
+    standard = built["onnx"].get(("standard", "fp32"))
+    if standard is not None:
+        out[ort_name] = lambda: OrtSession(standard, providers=providers).open()
     import torch
 
     spec = TensorSpec("input", (None, *loaded.input_shape), "float32")
@@ -169,32 +155,53 @@ def sessions(built: dict, loaded):
     return out
 
 
-def benchmark(built: dict, x: np.ndarray, batches, iters: int, report) -> dict:
+def _parity(session, x: np.ndarray, reference: np.ndarray) -> dict:
+    feeds = {session.input_names[0]: x.astype(session.inputs[0].dtype)}
+    logits = session.infer(feeds)["logits"].astype(np.float32)
+    return {
+        "max_abs_err": float(np.abs(logits - reference).max()),
+        "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
+    }
+
+
+def benchmark(built: dict, x: np.ndarray, batches, min_time: float, report):
+    """Parity with PyTorch on the test split, then interleaved timing of every backend."""
     from stn_deploy.export.loading import load_checkpoint
     from stn_deploy.export.verify import _torch_outputs
+    from stn_deploy.runtime.bench import BenchRow, format_table, measure_interleaved
 
     loaded = load_checkpoint(CHECKPOINT)
-    reference = _torch_outputs(loaded.model, x[: max(batches)], ["logits"], 256)["logits"]
-    results = {}
+    probe = x[:1024]
+    reference = _torch_outputs(loaded.model, probe, ["logits"], 256)["logits"]
+    live, parity, rows = {}, {}, []
     for name, factory in sessions(built, loaded).items():
-        with factory() as session:
-            feeds = {session.input_names[0]: x[: max(batches)].astype(session.inputs[0].dtype)}
-            logits = session.infer(feeds)["logits"].astype(np.float32)
-            parity = {
-                "max_abs_err": float(np.abs(logits - reference).max()),
-                "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).mean()),
-            }
-            rows = [time_session(session, x, b, iters) for b in batches]
-        results[name] = {"parity_vs_torch": parity, "latency": rows}
-        report(f"{name:18s} max|err| {parity['max_abs_err']:.2e}  "
-               + "  ".join(f"b{r['batch']}:{r['median_ms']:.3f}ms" for r in rows))  # fmt: skip
-    return results
+        try:
+            live[name] = factory()
+            parity[name] = _parity(live[name], probe, reference)
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot start is reported
+            rows += [BenchRow(name, b, error=f"{type(exc).__name__}: {exc}") for b in batches]
+    try:
+        for batch in batches:
+            xb = np.resize(x, (batch, *x.shape[1:]))  # repeats the split if it is too small
+            for name, stats in measure_interleaved(live, xb, min_time=min_time).items():
+                error = stats if isinstance(stats, str) else None
+                rows.append(BenchRow(name, batch, stats=None if error else stats, error=error))
+    finally:
+        for session in live.values():
+            session.close()
+    baseline = next((n for n in live if n.startswith("torch")), "torch")
+    report(format_table(rows, baseline=baseline))
+    for name, p in parity.items():
+        report(f"{name:22s} vs PyTorch: max|err| {p['max_abs_err']:.2e}, "
+               f"top-1 agreement {p['top1_agreement']:.2%}")  # fmt: skip
+    record = {"parity_vs_torch": parity, "rows": [r.to_dict() for r in rows], "baseline": baseline}
+    return record, rows
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
-    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per backend/batch")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "trt-check")
     args = parser.parse_args(argv)
@@ -219,7 +226,7 @@ def main(argv=None) -> int:
 
     loaded = load_checkpoint(CHECKPOINT)
     x, _ = load_test_split(loaded.dataset, loaded.distortion)
-    results = benchmark(built, x, args.batches, args.iters, print)
+    results, rows = benchmark(built, x, args.batches, args.min_time, print)
     record = {
         "environment": env,
         "plugin_library": str(plugin) if plugin else None,
@@ -233,6 +240,9 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
+    from stn_deploy.runtime.bench import plot_rows
+
+    print(f"wrote {plot_rows(rows, out.with_suffix('.png'), title=env['gpu'])}")
     return 0 if tests.get("returncode", 0) == 0 and not built["failures"] else 1
 
 

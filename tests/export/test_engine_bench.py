@@ -1,4 +1,4 @@
-"""bench/trt_check.py on a machine without a GPU: it refuses with the reason; its timer works."""
+"""bench/trt_check.py on a machine without a GPU: it refuses with the reason; parity helper."""
 
 from __future__ import annotations
 
@@ -30,14 +30,17 @@ def test_without_tensorrt_it_exits_2_and_says_why():
     assert "pip install tensorrt" in done.stderr
 
 
-def test_time_session_reports_latency_and_throughput(rng):
+def test_parity_against_the_reference(rng):
     from stn_deploy.runtime import TensorSpec, TorchSession
 
     torch = pytest.importorskip("torch")
-    sess = TorchSession(torch.nn.Flatten(), [TensorSpec("input", (None, 1, 4, 4))], ["logits"])
-    x = rng.standard_normal((16, 1, 4, 4)).astype(np.float32)
+    sess = TorchSession(torch.nn.Flatten(), [TensorSpec("input", (None, 1, 2, 2))], ["logits"])
+    x = rng.standard_normal((6, 1, 2, 2)).astype(np.float32)
+    reference = x.reshape(6, 4).copy()
+    reference[0, :] += 0.5  # shifts sample 0's logits by 0.5 without changing its argmax
+    reference[1, :] = 0.0
+    reference[1, (x[1].reshape(4).argmax() + 1) % 4] = 9.0  # sample 1 now disagrees
     with sess:
-        row = _load().time_session(sess, x, batch=8, iters=12)
-    assert row["batch"] == 8 and row["iters"] == 12
-    assert 0 < row["median_ms"] <= row["p90_ms"]
-    assert row["samples_per_s"] == pytest.approx(8 / row["median_ms"] * 1e3, rel=1e-3)
+        got = _load()._parity(sess, x, reference)
+    assert got["top1_agreement"] == pytest.approx(5 / 6)
+    assert got["max_abs_err"] == pytest.approx(np.abs(x.reshape(6, 4) - reference).max())

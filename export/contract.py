@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from stn_deploy.plugins import names
+
 __all__ = [
     "Finding",
     "ContractReport",
@@ -29,9 +31,10 @@ MAX_IR_VERSION = 10  # TensorRT's parsers (and ORT 1.31, which reads <= 13) load
 MAX_GRIDSAMPLE_OPSET = 19  # GridSample-20 renames the modes TensorRT maps (NVIDIA/TensorRT#4646)
 TRT_MODES = ("bilinear", "nearest", "bicubic")  # what TensorRT's GridSample importer knows
 PADDINGS = ("zeros", "border", "reflection")
-PLUGIN_DOMAIN = "stn"
-PLUGIN_VERSION = "1"
-PLUGIN_OPS = ("STNGridSample", "STNAffineGridSample", "STNProjectiveGridSample")
+PLUGIN_DOMAIN = names.ONNX_DOMAIN
+PLUGIN_NAMESPACE = names.PLUGIN_NAMESPACE
+PLUGIN_VERSION = names.PLUGIN_VERSION
+PLUGIN_OPS = names.OP_TYPES
 KNOWN_DOMAINS = ("", "ai.onnx", PLUGIN_DOMAIN)
 REEXPORT = "re-export with: stn-deploy export CKPT_DIR --out model.onnx"
 
@@ -234,7 +237,17 @@ def _plugin_attributes(model: onnx.ModelProto) -> Iterator[Finding]:
                 "export with stn-deploy export --flavour plugin",
             )
             continue
-        for attr, want in (("plugin_namespace", PLUGIN_DOMAIN), ("plugin_version", PLUGIN_VERSION)):
+        missing = [f for f in names.FIELDS[node.op_type] if _attr(node, f) is None]
+        if missing:
+            yield Finding(
+                "plugin-attributes",
+                name,
+                f"plugin node {node.op_type} lacks the creator field(s) {missing}; the plugin "
+                "would build with defaults that may not match the model",
+                "export with stn-deploy export --flavour plugin",
+            )
+        for attr, want in (("plugin_namespace", PLUGIN_NAMESPACE),
+                           ("plugin_version", PLUGIN_VERSION)):
             got = _attr(node, attr)
             if got != want:
                 yield Finding(

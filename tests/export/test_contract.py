@@ -77,8 +77,17 @@ def test_new_ir_version_is_an_error():
 
 
 def _plugin_node(**attrs):
+    fields = {"interpolation_mode": 0, "padding_mode": 0, "align_corners": 0}
     return helper.make_node("STNGridSample", ["x", "grid"], ["z"], name="plug", domain="stn",
-                            **attrs)
+                            **{**fields, **attrs})
+
+
+def test_plugin_node_missing_a_creator_field_is_an_error():
+    node = _plugin_node(plugin_namespace="stn", plugin_version="1")
+    del node.attribute[[a.name for a in node.attribute].index("padding_mode")]
+    report = check_model(_gridsample_model(extra_nodes=[node], domains=["stn"]))
+    assert [f.rule for f in report.errors] == ["plugin-attributes"]
+    assert "padding_mode" in report.errors[0].problem
 
 
 def test_plugin_node_with_attributes_passes():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -97,3 +99,49 @@ def test_extra_outputs_need_a_sampler(tmp_path):
     with pytest.raises(ExportError, match="grid_sample"):
         export_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), (1, 4, 4),
                       tmp_path / "x.onnx", extra_outputs=("warped",))
+
+
+def _plugin_parts_missing() -> str | None:
+    import importlib.util
+
+    for name in ("stn_deploy.export.plugin_flavour", "stn_deploy.plugins.ort_ops"):
+        if importlib.util.find_spec(name) is None:
+            return f"{name} is not in this build"
+    return None
+
+
+@pytest.mark.parametrize("kind", ["affine", "projective", "tps"])
+def test_plugin_flavour_exports_checks_and_verifies(kind, tmp_path):
+    missing = _plugin_parts_missing()
+    if missing:
+        pytest.skip(f"plugin flavour: {missing}")
+    from stn_deploy.export.verify import random_inputs, verify
+
+    model = TinySTN(kind).eval()
+    result = export_module(model, (1, 16, 16), tmp_path / "p.onnx", flavour="plugin")
+    assert result.contract, result.contract.format()
+    proto = onnx.load(str(result.path))
+    assert any(n.domain == "stn" for n in proto.graph.node)
+    assert not any(n.op_type == "GridSample" for n in proto.graph.node)
+    outcome = verify(model, result.path, random_inputs((1, 16, 16), 16))
+    assert outcome, outcome.summary()
+
+
+def test_cli_fp16_export_verifies_with_fp16_tolerance(tmp_path, monkeypatch, capsys):
+    import json
+
+    from safetensors.torch import save_file
+
+    from stn_deploy.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    model = TinySTN("affine")
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    common = ["--module", "stn_fixtures:TinySTN", "--weights", "w.safetensors",
+              "--input-shape", "1,16,16"]
+    assert main(["export", *common, "--precision", "fp16", "--out", "h.onnx"]) == 0
+    assert main(["verify", *common, "h.onnx", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["precision"] == "fp16" and record["tolerance"]["name"] == "fp16"
+    assert record["top1_agreement"] >= 0.99 and 0 < record["max_abs_err"] < 0.05

@@ -26,3 +26,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info out
+
+# GPU machines only: TensorRT engines, parity and timing (see README "TensorRT").
+trt-check: $(STAMP)
+	$(PY) -c "import tensorrt" 2>/dev/null || $(PY) -m pip install -q -e '.[trt]'
+	$(PY) bench/trt_check.py

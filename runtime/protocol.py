@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,14 +57,14 @@ class ProtocolError(StnDeployError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class RequestedOutput:
+# Immutable records built once per request: NamedTuples, because a frozen dataclass's
+# __init__ (object.__setattr__ per field) shows up in the server's per-request profile.
+class RequestedOutput(NamedTuple):
     name: str
     binary: bool
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(NamedTuple):
     """A decoded request: inputs as arrays and the outputs to send back, in order."""
 
     id: str | None
@@ -102,9 +101,10 @@ def _parse_header(body: bytes, header_length: str | int | None) -> tuple[dict, m
                 f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes; "
                 "expected the JSON header length, at most the body size"
             )
-        header, rest = body[:n], body[n:]
+        view = memoryview(body)
+        header, rest = view[:n].tobytes(), view[n:]  # the tensor bytes are not copied
     try:
-        doc = json.loads(header)
+        doc = json.loads(header.decode("utf-8"))  # str: skips json's encoding sniffing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"invalid JSON in the request header: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
@@ -112,7 +112,7 @@ def _parse_header(body: bytes, header_length: str | int | None) -> tuple[dict, m
             'expected a JSON object with a non-empty "inputs" list, e.g. {"inputs": [{"name": '
             '"input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [...]}]}'
         )
-    return doc, memoryview(rest)
+    return doc, memoryview(rest)  # no copy when rest is already a view
 
 
 def _shape(entry: Mapping, name: str) -> tuple[int, ...]:

@@ -207,7 +207,7 @@ def _run_exporter(wrapper, example, output_names, table, opset) -> ir.Model:
     levels = [q.level for q in quiet]
     if not log.isEnabledFor(logging.DEBUG):
         for q in quiet:
-            q.setLevel(logging.WARNING)
+            q.setLevel(logging.ERROR if q.name == "torch.onnx" else logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loc-lr-scale", type=float, default=0.1,
                    help="localisation-net learning rate as a fraction of --lr")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N train digits")
+    p.add_argument("--limit", type=int, default=None, help="train on a fixed subset of N digits")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="checkpoint directory to write")

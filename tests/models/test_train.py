@@ -52,6 +52,15 @@ def test_eval_json_last_line_matches_recorded_error(trained, capsys):
     assert result["samples"] == 1000 and result["distortion"] == "R"
 
 
+def test_train_from_a_checkpoint_reproduces_it(trained, tmp_path, capsys):
+    assert main(["train", "--from", str(trained), "--no-progress", "--out",
+                 str(tmp_path / "again")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["error"] == result["recorded_error"]  # same seed, same threads: same run
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (
+        trained / "model.safetensors").read_bytes()
+
+
 def test_eval_of_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -9,7 +9,8 @@ batch's asyncio futures with a single event-loop wake-up rather than one per req
 Rules the tests pin down:
 
 - A batch is sent when it holds ``max_batch`` samples or when its oldest request has waited
-  ``max_delay_ms``; requests are taken first-in first-out and never reordered or mixed up.
+  ``max_delay_ms``, or (``dispatch_when_idle``) as soon as no request is on its way in;
+  requests are taken first-in first-out and never reordered or mixed up.
 - A request larger than ``max_batch`` is split into chunks of at most ``max_batch`` samples
   (so a TensorRT profile's maximum is never exceeded); the chunks queue like any request and
   the caller gets one concatenated answer, or the first chunk's error.
@@ -80,6 +81,9 @@ class BatcherConfig:
     max_batch: int = 64
     max_delay_ms: float = 2.0
     max_queue: int = 1024
+    # Send a partial batch at once when no request is on its way in (see ``incoming``): the
+    # delay only pays when someone else is about to join the batch.
+    dispatch_when_idle: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
@@ -196,6 +200,7 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._closing = False
         self._worker_waiting = False
+        self._incoming = 0
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -218,6 +223,23 @@ class DynamicBatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Mark a request on its way in (being received or decoded) until it is submitted.
+
+        With ``dispatch_when_idle`` the worker waits for the batch delay only while some request
+        is inside this block; the HTTP layer wraps read + decode + submit in it.
+        """
+        with self._cond:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= 1
+                if self._incoming == 0 and self._worker_waiting:
+                    self._cond.notify()
 
     @property
     def queued_rows(self) -> int:
@@ -317,6 +339,8 @@ class DynamicBatcher:
                 self._wait()
             flush_at = self._queue[0].enqueued + cfg.max_delay_ms / 1000.0
             while self._queued_rows < cfg.max_batch and not self._closing:
+                if cfg.dispatch_when_idle and self._incoming == 0:
+                    break  # nobody else is coming: waiting would only add latency
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0:
                     break

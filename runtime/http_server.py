@@ -81,7 +81,9 @@ class ServerConfig:
         self.batcher_config()  # validates max_batch, max_delay_ms, max_queue
 
     def batcher_config(self) -> BatcherConfig:
-        return BatcherConfig(self.max_batch, self.max_delay_ms, self.max_queue)
+        return BatcherConfig(
+            self.max_batch, self.max_delay_ms, self.max_queue, dispatch_when_idle=True
+        )
 
 
 @dataclass
@@ -210,18 +212,20 @@ class _Endpoints:
         session = self.model.session
         headers = dict(scope["headers"])
         try:
-            body = await self._read_body(headers, receive)
-            header_length = headers.get(_HEADER_LENGTH_KEY)
-            req = decode_infer_request(
-                body,
-                None if header_length is None else header_length.decode("latin-1"),
-                session.inputs,
-                session.output_names,
-                max_batch_size=self.config.max_request_batch,
-            )
-            outputs = await self.batcher.submit_async(
-                req.inputs, self.config.request_timeout_s, validated=True
-            )
+            with self.batcher.incoming():
+                body = await self._read_body(headers, receive)
+                header_length = headers.get(_HEADER_LENGTH_KEY)
+                req = decode_infer_request(
+                    body,
+                    None if header_length is None else header_length.decode("latin-1"),
+                    session.inputs,
+                    session.output_names,
+                    max_batch_size=self.config.max_request_batch,
+                )
+                pending = self.batcher.submit_async(
+                    req.inputs, self.config.request_timeout_s, validated=True
+                )
+            outputs = await pending
             payload, out_headers = encode_infer_response(
                 self.model.name, req, outputs, self.model.version
             )

@@ -248,3 +248,21 @@ def test_asyncio_deadline_and_cancellation(rng):
     with DynamicBatcher(sess, BatcherConfig(max_batch=1, max_delay_ms=0)) as b:
         assert asyncio.run(run(b)) is True
     assert sess.batches == [1]  # neither the late nor the cancelled request ran
+
+
+def test_dispatch_when_idle_skips_the_delay_unless_a_request_is_on_its_way(rng):
+    sess = _Recorder().open()
+    cfg = BatcherConfig(max_batch=8, max_delay_ms=400, dispatch_when_idle=True)
+    with DynamicBatcher(sess, cfg) as b:
+        t0 = time.monotonic()
+        with b.incoming():
+            alone = b.submit({"input": _x(rng, 1)})
+        alone.result(5)
+        assert time.monotonic() - t0 < 0.2  # nobody else coming: no 400 ms wait
+        with b.incoming():  # a second request is being received while the first is queued
+            first = b.submit({"input": _x(rng, 1)})
+            time.sleep(0.1)
+            assert not first.done()
+            second = b.submit({"input": _x(rng, 2)})
+        first.result(5), second.result(5)
+    assert sess.batches == [1, 3]

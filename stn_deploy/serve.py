@@ -306,17 +306,24 @@ def demo_serve(
     n_requests: int = 16,
     backend: str = "auto",
     echo: bool = True,
+    images=None,
+    labels=None,
 ) -> dict:
     """Start the server on a free loopback port, send real tritonclient requests, check them.
 
-    Returns ``{"url", "model", "answers": [top-1 per request], "matches": bool,
-    "latency_ms": {"p50", "p99", "mean"}}`` and prints the answers and a latency line.
+    ``images`` [N, C, H, W] float32 (e.g. real test digits, prepared as the model expects) are
+    sent one per request, the first ``n_requests`` of them; without them, random inputs.
+    ``labels`` adds the accuracy of the answers. Returns ``{"url", "model", "answers": [top-1
+    per request], "matches": bool, "latency_ms": {"p50", "p99", "mean"}}`` (+ ``"accuracy"``)
+    and prints the answers and a latency line.
     """
     import numpy as np
     import tritonclient.http as httpclient
 
     from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
 
+    if images is not None:
+        n_requests = min(n_requests, len(images))
     served_name, session, backend = resolve_model(model_path, backend)
     name = name or served_name
     shape = [d if isinstance(d, int) else 1 for d in session.inputs[0].shape[1:]]
@@ -325,8 +332,11 @@ def demo_serve(
     try:
         with ServerThread(ServedModel(name, session), ServerConfig(port=0)) as srv:
             client = httpclient.InferenceServerClient(srv.url)
-            for _ in range(n_requests):
-                x = rng.random((1, *shape), dtype=np.float32)
+            for i in range(n_requests):
+                if images is None:
+                    x = rng.random((1, *shape), dtype=np.float32)
+                else:
+                    x = np.ascontiguousarray(images[i : i + 1], dtype=np.float32)
                 inp = httpclient.InferInput("input", list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
                 t0 = time.perf_counter()
@@ -353,8 +363,13 @@ def demo_serve(
             "mean": float(lat.mean()),
         },
     }
+    if labels is not None:
+        truth = [int(v) for v in labels[: len(answers)]]
+        result["accuracy"] = sum(a == t for a, t in zip(answers, truth)) / len(answers)
     if echo:
         print(f"served {name} ({backend}) at {result['url']}; predicted classes: {answers}")
+        if "accuracy" in result:
+            print(f"labels: {truth}; accuracy {result['accuracy']:.0%}")
         print(
             f"{n_requests} requests over HTTP: p50 {result['latency_ms']['p50']:.2f} ms, "
             f"p99 {result['latency_ms']['p99']:.2f} ms; match local session: {matches}"

@@ -43,3 +43,19 @@ def test_backend_choice(tmp_path):
 def test_resolve_errors_say_what_to_do(tmp_path, model, backend, message):
     with pytest.raises(ServeError, match=message):
         resolve_model(tmp_path / model, backend)
+
+
+def test_demo_serve_with_given_images_reports_accuracy(toy_onnx, rng):
+    import numpy as np
+
+    from stn_deploy.runtime.ort import OrtSession
+
+    images = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    with OrtSession(toy_onnx) as sess:
+        truth = sess.infer({"input": images})["logits"].argmax(axis=1)
+    labels = truth.copy()
+    labels[0] = (labels[0] + 1) % 10  # one wrong label: 3 of 4 right
+    result = demo_serve(toy_onnx, n_requests=10, backend="ort", echo=False,
+                        images=images, labels=labels)  # fmt: skip
+    assert result["answers"] == truth.tolist()
+    assert result["accuracy"] == 0.75

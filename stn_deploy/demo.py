@@ -120,7 +120,7 @@ def step_bench(state: DemoState) -> str:
     )
 
 
-def _figure(inputs, rows: dict[str, np.ndarray], path: Path, title: str) -> Path:
+def _figure(inputs, rows: dict[str, np.ndarray], path: Path, title: str, labels=None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,6 +138,8 @@ def _figure(inputs, rows: dict[str, np.ndarray], path: Path, title: str) -> Path
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize=7)
+    for j, label in enumerate(labels if labels is not None else []):
+        axes[0, j].set_title(str(label), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,10 @@ def step_figure(state: DemoState) -> str:
     # evenly spread over the split (it may be ordered by class)
     x = images[np.linspace(0, len(images) - 1, FIGURE_SAMPLES).astype(int)]
     with open_session(state.exports["standard"].path, "ort") as session:
-        onnx_warped = session.infer({"input": x})["warped"]
+        outputs = session.infer({"input": x})
+    onnx_warped = outputs["warped"]
+    truth = state.data[1][np.linspace(0, len(images) - 1, FIGURE_SAMPLES).astype(int)]
+    labels = [f"{t} -> {p}" for t, p in zip(truth, outputs["logits"].argmax(1))]
     wrapper = _ExportWrapper(state.loaded.model, ("warped",)).eval()
     with torch.inference_mode():
         torch_warped = wrapper(torch.from_numpy(x))[1].numpy()
@@ -166,7 +171,8 @@ def step_figure(state: DemoState) -> str:
     state.figure = _figure(
         x, rows, state.out / "rectification.png",
         f"{state.loaded.name}: distorted test digits and the spatial transformer's output "
-        f"(max |ONNX - PyTorch| = {err:.2g})",
+        f"(max |ONNX - PyTorch| = {err:.2g}); titles: label -> ONNX prediction",
+        labels,
     )
     return f"wrote {state.figure} (warped images differ by at most {err:.2g})"
 

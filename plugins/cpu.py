@@ -31,6 +31,8 @@ __all__ = [
     "grid_sample",
     "affine_grid_sample",
     "projective_grid_sample",
+    "to_hwc8",
+    "from_hwc8",
 ]
 
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
@@ -40,7 +42,9 @@ _ABI_VERSION = 1
 _FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra")
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
-_FUNCS = ("stn_grid_sample_f32", "stn_affine_grid_sample_f32", "stn_projective_grid_sample_f32")
+_FUNCS = tuple(f"stn_{op}_f32" for op in ("grid_sample", "affine_grid_sample",
+                                           "projective_grid_sample"))
+_FUNCS += tuple(f.replace("_f32", "_hwc8_f32") for f in _FUNCS)
 
 
 def cpu_cache_dir() -> Path:
@@ -120,7 +124,21 @@ def _as_float32(name: str, a: np.ndarray, ndim: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_corners):
+def to_hwc8(x: np.ndarray) -> np.ndarray:
+    """NCHW -> TensorRT's kHWC8 layout [N, H, W, round_up(C, 8)], padding channels zero."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, h, w, -(-c // 8) * 8), dtype=x.dtype)
+    out[..., :c] = x.transpose(0, 2, 3, 1)
+    return out
+
+
+def from_hwc8(y: np.ndarray, channels: int) -> np.ndarray:
+    """kHWC8 [N, H, W, Cp] -> NCHW with the first ``channels`` channels."""
+    return np.ascontiguousarray(y[..., :channels].transpose(0, 3, 1, 2))
+
+
+def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_corners,
+          layout: str = "nchw"):
     xf = _as_float32("x", x, 4)
     cf = _as_float32("coordinates", coords, len(coord_shape))
     n, c, h, w = xf.shape
@@ -130,38 +148,53 @@ def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_c
     oh, ow = (int(out_hw[0]), int(out_hw[1]))
     if h <= 0 or w <= 0 or oh < 0 or ow < 0:
         raise ValueError(f"bad sizes: input {xf.shape}, output {(oh, ow)}")
-    y = np.empty((n, c, oh, ow), dtype=np.float32)
+    if layout not in ("nchw", "hwc8"):
+        raise ValueError(f"layout {layout!r} is not 'nchw' or 'hwc8'")
+    if layout == "hwc8":  # exercise the channels-last kernels' code path on packed tensors
+        xf = to_hwc8(xf)
+        func = func.replace("_f32", "_hwc8_f32")
+        y = np.full((n, oh, ow, xf.shape[-1]), np.nan, dtype=np.float32)
+    else:
+        y = np.empty((n, c, oh, ow), dtype=np.float32)
     status = getattr(load(), func)(
         xf.ctypes.data, cf.ctypes.data, y.ctypes.data, n, c, h, w, oh, ow,
         mode_int(mode), padding_int(padding_mode), int(bool(align_corners)),
     )
     if status != 0:
         raise ValueError(f"{func} rejected its arguments (status {status})")
+    if layout == "hwc8":
+        if (y[..., c:] != 0).any():
+            raise ValueError(f"{func} left non-zero padding channels")
+        y = from_hwc8(y, c)
     return y.astype(np.float16) if np.asarray(x).dtype == np.float16 else y
 
 
 def grid_sample(x: np.ndarray, grid: np.ndarray, mode: str | int = "bilinear",
-                padding_mode: str | int = "zeros", align_corners: bool = False) -> np.ndarray:
-    """F.grid_sample on numpy: x [N,C,H,W], grid [N,Ho,Wo,2] -> [N,C,Ho,Wo]."""
+                padding_mode: str | int = "zeros", align_corners: bool = False,
+                layout: str = "nchw") -> np.ndarray:
+    """F.grid_sample on numpy: x [N,C,H,W], grid [N,Ho,Wo,2] -> [N,C,Ho,Wo].
+
+    ``layout="hwc8"`` runs the channels-last (kHWC8) code path on a packed copy of x.
+    """
     g = np.asarray(grid)
     if g.ndim != 4 or g.shape[-1] != 2:
         raise ValueError(f"grid must be [N, Ho, Wo, 2], got shape {g.shape}")
     shape = ("N", g.shape[1], g.shape[2], 2)
     return _call("stn_grid_sample_f32", x, g, shape, g.shape[1:3], mode, padding_mode,
-                 align_corners)
+                 align_corners, layout)
 
 
 def affine_grid_sample(x: np.ndarray, theta: np.ndarray, out_hw: tuple[int, int],
                        mode: str | int = "bilinear", padding_mode: str | int = "zeros",
-                       align_corners: bool = False) -> np.ndarray:
+                       align_corners: bool = False, layout: str = "nchw") -> np.ndarray:
     """grid_sample(x, affine_grid(theta [N,2,3], out_hw)) without materialising the grid."""
     return _call("stn_affine_grid_sample_f32", x, theta, ("N", 2, 3), out_hw, mode,
-                 padding_mode, align_corners)
+                 padding_mode, align_corners, layout)
 
 
 def projective_grid_sample(x: np.ndarray, h: np.ndarray, out_hw: tuple[int, int],
                            mode: str | int = "bilinear", padding_mode: str | int = "zeros",
-                           align_corners: bool = False) -> np.ndarray:
+                           align_corners: bool = False, layout: str = "nchw") -> np.ndarray:
     """grid_sample at the source points (x, y)/z of homographies h [N,3,3] over the base grid."""
     return _call("stn_projective_grid_sample_f32", x, h, ("N", 3, 3), out_hw, mode,
-                 padding_mode, align_corners)
+                 padding_mode, align_corners, layout)

@@ -32,9 +32,39 @@ void sampleAll(float const* in, float const* coords, float* out, GridSampleShape
     }
 }
 
+template <Source S, Interp M>
+void sampleAllHWC(float const* in, float const* coords, float* out, GridSampleShape const& s)
+{
+    int32_t const pixels = s.outH * s.outW;
+    int32_t const groups = static_cast<int32_t>(stn::paddedChannels(s.channels) / stn::kHWC_GROUP);
+    for (int64_t n = 0; n < s.batch; ++n)
+    {
+        for (int32_t pix = 0; pix < pixels; ++pix)
+        {
+            for (int32_t g = 0; g < groups; ++g)
+            {
+                stn::samplePixelGroupHWC<S, M, float, float>(in, coords, out, n, pix, g, s);
+            }
+        }
+    }
+}
+
+template <Source S, Interp M>
+void sampleLayout(bool hwc, float const* in, float const* coords, float* out, GridSampleShape const& s)
+{
+    if (hwc)
+    {
+        sampleAllHWC<S, M>(in, coords, out, s);
+    }
+    else
+    {
+        sampleAll<S, M>(in, coords, out, s);
+    }
+}
+
 template <Source S>
 int32_t run(float const* in, float const* coords, float* out, int64_t n, int32_t c, int32_t h, int32_t w,
-    int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+    int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners, bool hwc = false)
 {
     if (in == nullptr || coords == nullptr || out == nullptr || n < 0 || c < 0 || h <= 0 || w <= 0 || outH < 0
         || outW < 0 || padding < 0 || padding > 2 || static_cast<int64_t>(outH) * outW > INT32_MAX)
@@ -44,9 +74,9 @@ int32_t run(float const* in, float const* coords, float* out, int64_t n, int32_t
     GridSampleShape const s{n, c, h, w, outH, outW, static_cast<Padding>(padding), alignCorners != 0};
     switch (static_cast<Interp>(mode))
     {
-    case Interp::kBILINEAR: sampleAll<S, Interp::kBILINEAR>(in, coords, out, s); return kOK;
-    case Interp::kNEAREST: sampleAll<S, Interp::kNEAREST>(in, coords, out, s); return kOK;
-    case Interp::kBICUBIC: sampleAll<S, Interp::kBICUBIC>(in, coords, out, s); return kOK;
+    case Interp::kBILINEAR: sampleLayout<S, Interp::kBILINEAR>(hwc, in, coords, out, s); return kOK;
+    case Interp::kNEAREST: sampleLayout<S, Interp::kNEAREST>(hwc, in, coords, out, s); return kOK;
+    case Interp::kBICUBIC: sampleLayout<S, Interp::kBICUBIC>(hwc, in, coords, out, s); return kOK;
     }
     return kBAD_ARGUMENT;
 }
@@ -81,6 +111,26 @@ int32_t stn_projective_grid_sample_f32(float const* x, float const* hom, float* 
     int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
 {
     return run<Source::kPROJECTIVE>(x, hom, y, n, c, h, w, outH, outW, mode, padding, alignCorners);
+}
+
+//! The same three ops on channels-last tensors with channels padded to a multiple of 8
+//! (TensorRT's kHWC8 layout, here in fp32): x [N,H,W,Cp], y [N,outH,outW,Cp], Cp = roundup(C, 8).
+int32_t stn_grid_sample_hwc8_f32(float const* x, float const* grid, float* y, int64_t n, int32_t c, int32_t h,
+    int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kGRID>(x, grid, y, n, c, h, w, outH, outW, mode, padding, alignCorners, true);
+}
+
+int32_t stn_affine_grid_sample_hwc8_f32(float const* x, float const* theta, float* y, int64_t n, int32_t c,
+    int32_t h, int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kAFFINE>(x, theta, y, n, c, h, w, outH, outW, mode, padding, alignCorners, true);
+}
+
+int32_t stn_projective_grid_sample_hwc8_f32(float const* x, float const* hom, float* y, int64_t n, int32_t c,
+    int32_t h, int32_t w, int32_t outH, int32_t outW, int32_t mode, int32_t padding, int32_t alignCorners)
+{
+    return run<Source::kPROJECTIVE>(x, hom, y, n, c, h, w, outH, outW, mode, padding, alignCorners, true);
 }
 
 } // extern "C"

@@ -30,6 +30,20 @@ template <typename T, typename G>
 cudaError_t launchProjectiveGridSample(
     T const* input, G const* h, T* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream);
 
+//! The same three ops on fp16 tensors in TensorRT's kHWC8 layout: X [N,H,W,Cp], Y [N,Ho,Wo,Cp],
+//! Cp = round_up(C, 8) (padding channels of Y are written as 0); coordinates stay linear.
+template <typename G>
+cudaError_t launchGridSampleHWC8(
+    __half const* input, G const* grid, __half* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream);
+
+template <typename G>
+cudaError_t launchAffineGridSampleHWC8(
+    __half const* input, G const* theta, __half* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream);
+
+template <typename G>
+cudaError_t launchProjectiveGridSampleHWC8(
+    __half const* input, G const* h, __half* output, GridSampleShape const& shape, Interp mode, cudaStream_t stream);
+
 } // namespace stn
 
 #endif // STN_GRID_SAMPLE_KERNEL_H

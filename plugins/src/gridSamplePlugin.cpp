@@ -92,6 +92,37 @@ cudaError_t launch(Source kind, void const* x, void const* coords, void* y, Grid
     return cudaErrorInvalidValue;
 }
 
+template <typename G>
+cudaError_t launchHWC8Typed(Source kind, void const* x, void const* coords, void* y, GridSampleShape const& s,
+    Interp mode, cudaStream_t stream)
+{
+    auto const* in = static_cast<__half const*>(x);
+    auto const* c = static_cast<G const*>(coords);
+    auto* out = static_cast<__half*>(y);
+    switch (kind)
+    {
+    case Source::kGRID: return launchGridSampleHWC8<G>(in, c, out, s, mode, stream);
+    case Source::kAFFINE: return launchAffineGridSampleHWC8<G>(in, c, out, s, mode, stream);
+    case Source::kPROJECTIVE: return launchProjectiveGridSampleHWC8<G>(in, c, out, s, mode, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+//! fp16 kHWC8 data with fp16 or fp32 (linear) coordinates.
+cudaError_t launchHWC8(Source kind, void const* x, void const* coords, void* y, GridSampleShape const& s, Interp mode,
+    DataType coordType, cudaStream_t stream)
+{
+    if (coordType == DataType::kHALF)
+    {
+        return launchHWC8Typed<__half>(kind, x, coords, y, s, mode, stream);
+    }
+    if (coordType == DataType::kFLOAT)
+    {
+        return launchHWC8Typed<float>(kind, x, coords, y, s, mode, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
 } // namespace
 
 char const* opTypeOf(Source kind) noexcept
@@ -371,17 +402,19 @@ bool GridSamplePlugin::supportsFormatCombination(
             return false;
         }
         PluginTensorDesc const& d = inOut[pos].desc;
-        if (d.format != TensorFormat::kLINEAR)
-        {
-            return false;
-        }
-        bool const floating = d.type == DataType::kFLOAT || d.type == DataType::kHALF;
+        PluginTensorDesc const& x = inOut[0].desc;
         switch (pos)
         {
-        case 0: return floating;
-        // Coordinates: fp32 always; fp16 only with fp16 data (the kernels' instantiations).
-        case 1: return d.type == DataType::kFLOAT || (d.type == DataType::kHALF && inOut[0].desc.type == DataType::kHALF);
-        default: return d.type == inOut[0].desc.type;
+        // X: fp32/fp16 linear, or fp16 channels-last with 8-channel groups (kHWC8).
+        case 0:
+            return (d.format == TensorFormat::kLINEAR && (d.type == DataType::kFLOAT || d.type == DataType::kHALF))
+                || (d.format == TensorFormat::kHWC8 && d.type == DataType::kHALF);
+        // Coordinates: linear; fp32 always, fp16 only with fp16 data (the kernels' instantiations).
+        case 1:
+            return d.format == TensorFormat::kLINEAR
+                && (d.type == DataType::kFLOAT || (d.type == DataType::kHALF && x.type == DataType::kHALF));
+        // Y: X's type and format.
+        default: return d.type == x.type && d.format == x.format;
         }
     }
     catch (...)
@@ -445,7 +478,11 @@ int32_t GridSamplePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
         DataType const dataType = inputDesc[0].type;
         DataType const coordType = inputDesc[1].type;
         cudaError_t status = cudaErrorInvalidValue;
-        if (dataType == DataType::kFLOAT && coordType == DataType::kFLOAT)
+        if (inputDesc[0].format == TensorFormat::kHWC8)
+        {
+            status = launchHWC8(mKind, inputs[0], inputs[1], outputs[0], shape, mParams.mode, coordType, stream);
+        }
+        else if (dataType == DataType::kFLOAT && coordType == DataType::kFLOAT)
         {
             status = launch<float, float>(mKind, inputs[0], inputs[1], outputs[0], shape, mParams.mode, stream);
         }

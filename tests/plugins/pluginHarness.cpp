@@ -146,20 +146,28 @@ void checkCreator(IPluginCreatorV3One* creator)
     {
         char const* label;
         DataType x, c, y;
-        TensorFormat f;
+        TensorFormat fx, fc, fy;
     };
+    auto constexpr kL = TensorFormat::kLINEAR;
+    auto constexpr kH8 = TensorFormat::kHWC8;
+    auto constexpr kF = DataType::kFLOAT;
+    auto constexpr kH = DataType::kHALF;
     Combo const combos[] = {
-        {"f32_f32_f32", DataType::kFLOAT, DataType::kFLOAT, DataType::kFLOAT, TensorFormat::kLINEAR},
-        {"f16_f16_f16", DataType::kHALF, DataType::kHALF, DataType::kHALF, TensorFormat::kLINEAR},
-        {"f16_f32_f16", DataType::kHALF, DataType::kFLOAT, DataType::kHALF, TensorFormat::kLINEAR},
-        {"f32_f16_f32", DataType::kFLOAT, DataType::kHALF, DataType::kFLOAT, TensorFormat::kLINEAR},
-        {"f32_f32_f16", DataType::kFLOAT, DataType::kFLOAT, DataType::kHALF, TensorFormat::kLINEAR},
-        {"i32_f32_i32", DataType::kINT32, DataType::kFLOAT, DataType::kINT32, TensorFormat::kLINEAR},
-        {"hwc8", DataType::kHALF, DataType::kHALF, DataType::kHALF, TensorFormat::kHWC8},
+        {"f32_f32_f32", kF, kF, kF, kL, kL, kL},
+        {"f16_f16_f16", kH, kH, kH, kL, kL, kL},
+        {"f16_f32_f16", kH, kF, kH, kL, kL, kL},
+        {"f32_f16_f32", kF, kH, kF, kL, kL, kL},
+        {"f32_f32_f16", kF, kF, kH, kL, kL, kL},
+        {"i32_f32_i32", DataType::kINT32, kF, DataType::kINT32, kL, kL, kL},
+        {"hwc8_f16", kH, kH, kH, kH8, kL, kH8},
+        {"hwc8_f16_f32coords", kH, kF, kH, kH8, kL, kH8},
+        {"hwc8_coords", kH, kH, kH, kH8, kH8, kH8},
+        {"hwc8_f32", kF, kF, kF, kH8, kL, kH8},
+        {"hwc8_to_linear", kH, kH, kH, kH8, kL, kL},
     };
     for (Combo const& c : combos)
     {
-        DynamicPluginTensorDesc io[3] = {desc(c.x, c.f, 4), desc(c.c, c.f, coordRank), desc(c.y, c.f, 4)};
+        DynamicPluginTensorDesc io[3] = {desc(c.x, c.fx, 4), desc(c.c, c.fc, coordRank), desc(c.y, c.fy, 4)};
         bool ok = true;
         for (int32_t pos = 0; pos < 3; ++pos)
         {

@@ -35,6 +35,8 @@ paddings = pytest.mark.parametrize("padding", PADDINGS)
 corners = pytest.mark.parametrize("align_corners", [False, True])
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float16])
 shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+# nchw: the linear-format kernels; hwc8: the channels-last (TensorRT kHWC8) kernels.
+layouts = pytest.mark.parametrize("layout", ["nchw", "hwc8"])
 
 
 def _input(rng, shape, dtype):
@@ -82,11 +84,12 @@ def _assert_close(y, ref, atol, skip=None):
 @corners
 @dtypes
 @shapes
-def test_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape):
+@layouts
+def test_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, layout):
     n, _, _, _, ho, wo = shape
     x = _input(rng, shape, dtype)
     grid = (rng.random((n, ho, wo, 2), dtype=np.float32) * 2.6 - 1.3).astype(dtype)
-    y = cpu.grid_sample(x, grid, mode, padding, align_corners)
+    y = cpu.grid_sample(x, grid, mode, padding, align_corners, layout)
     assert y.dtype == dtype
     ref = _reference(x, grid.astype(np.float32), mode, padding, align_corners)
     _assert_close(y, ref, _atol(dtype))
@@ -110,11 +113,12 @@ def _homography(rng, n):
 @corners
 @dtypes
 @shapes
-def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape):
+@layouts
+def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, layout):
     n, c, h, w, ho, wo = shape
     x = _input(rng, shape, dtype)
     theta = _theta(rng, n)
-    y = cpu.affine_grid_sample(x, theta, (ho, wo), mode, padding, align_corners)
+    y = cpu.affine_grid_sample(x, theta, (ho, wo), mode, padding, align_corners, layout)
     grid = F.affine_grid(torch.from_numpy(theta), [n, c, ho, wo], align_corners=align_corners)
     ref = _reference(x, grid, mode, padding, align_corners)
     skip = _near_rounding_boundary(grid, (h, w), align_corners) if mode == "nearest" else None
@@ -126,12 +130,13 @@ def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dty
 @corners
 @dtypes
 @shapes
+@layouts
 def test_projective_grid_sample_matches_reference(rng, mode, padding, align_corners, dtype,
-                                                  shape):
+                                                  shape, layout):
     n, _, h, w, ho, wo = shape
     x = _input(rng, shape, dtype)
     hom = _homography(rng, n)
-    y = cpu.projective_grid_sample(x, hom, (ho, wo), mode, padding, align_corners)
+    y = cpu.projective_grid_sample(x, hom, (ho, wo), mode, padding, align_corners, layout)
     base = base_grid(ho, wo, align_corners=align_corners)
     grid = projective_grid(torch.from_numpy(hom), base, (ho, wo))
     ref = _reference(x, grid, mode, padding, align_corners)
@@ -142,12 +147,13 @@ def test_projective_grid_sample_matches_reference(rng, mode, padding, align_corn
 @table
 @paddings
 @corners
-def test_non_finite_and_huge_grid_values_match_torch(rng, mode, padding, align_corners):
+@layouts
+def test_non_finite_and_huge_grid_values_match_torch(rng, mode, padding, align_corners, layout):
     x = _input(rng, (2, 3, 6, 7), np.float32)
     values = rng.permutation(SPECIAL)
     grid = np.stack(np.meshgrid(values, rng.permutation(SPECIAL)), axis=-1)
     grid = np.broadcast_to(grid, (2, *grid.shape)).copy()
-    y = cpu.grid_sample(x, grid, mode, padding, align_corners)
+    y = cpu.grid_sample(x, grid, mode, padding, align_corners, layout)
     ref = _reference(x, grid, mode, padding, align_corners)
     np.testing.assert_allclose(y, ref, atol=FP32_ATOL, rtol=0, equal_nan=True)
     # Finite outputs are convex-ish combinations of input values: nothing read from outside.

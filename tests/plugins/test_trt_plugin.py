@@ -126,7 +126,8 @@ def test_plugin_library_contract(plugin_library, tmp_path):
         formats = dict(v.split(" ") for v in table[("format", op_type)])
         assert formats == {"f32_f32_f32": "1", "f16_f16_f16": "1", "f16_f32_f16": "1",
                            "f32_f16_f32": "0", "f32_f32_f16": "0", "i32_f32_i32": "0",
-                           "hwc8": "0"}
+                           "hwc8_f16": "1", "hwc8_f16_f32coords": "1", "hwc8_coords": "0",
+                           "hwc8_f32": "0", "hwc8_to_linear": "0"}
         assert table[("configure", op_type)] == ["0 -1"]
         assert table[("enqueue_null", op_type)] == ["-1"]
         assert table[("enqueue_nodevice", op_type)] == ["-1"]  # no driver: an error, no crash

@@ -90,6 +90,51 @@ torch::Tensor projectiveGridSample(torch::Tensor x, torch::Tensor h, int64_t out
     return run(Source::kPROJECTIVE, x, h, outH, outW, mode, padding, alignCorners, stream);
 }
 
+//! kHWC8: xp [N, H, W, Cp] fp16 (Cp = round_up(channels, 8)) -> [N, Ho, Wo, Cp].
+torch::Tensor runHWC8(Source src, torch::Tensor xp, torch::Tensor coords, int64_t channels, int64_t outH,
+    int64_t outW, int64_t mode, int64_t padding, bool alignCorners, int64_t streamHandle)
+{
+    TORCH_CHECK(xp.is_cuda() && coords.is_cuda(), "tensors must be on a CUDA device");
+    TORCH_CHECK(xp.dim() == 4 && xp.scalar_type() == at::kHalf, "xp must be float16 [N, H, W, Cp]");
+    TORCH_CHECK(xp.size(3) == stn::paddedChannels(static_cast<int32_t>(channels)), "Cp must be round_up(C, 8)");
+    TORCH_CHECK(mode >= 0 && mode <= 2 && padding >= 0 && padding <= 2, "bad mode/padding enum");
+    xp = xp.contiguous();
+    coords = coords.contiguous();
+    auto y = torch::empty({xp.size(0), outH, outW, xp.size(3)}, xp.options());
+    GridSampleShape const s{xp.size(0), static_cast<int32_t>(channels), static_cast<int32_t>(xp.size(1)),
+        static_cast<int32_t>(xp.size(2)), static_cast<int32_t>(outH), static_cast<int32_t>(outW),
+        static_cast<Padding>(padding), alignCorners};
+    auto const m = static_cast<Interp>(mode);
+    auto const stream = reinterpret_cast<cudaStream_t>(static_cast<intptr_t>(streamHandle));
+    auto const* in = reinterpret_cast<__half const*>(xp.data_ptr());
+    auto* out = reinterpret_cast<__half*>(y.data_ptr());
+    cudaError_t status = cudaErrorInvalidValue;
+    if (coords.scalar_type() == at::kHalf)
+    {
+        auto const* c = reinterpret_cast<__half const*>(coords.data_ptr());
+        status = src == Source::kGRID ? stn::launchGridSampleHWC8<__half>(in, c, out, s, m, stream)
+            : src == Source::kAFFINE  ? stn::launchAffineGridSampleHWC8<__half>(in, c, out, s, m, stream)
+                                      : stn::launchProjectiveGridSampleHWC8<__half>(in, c, out, s, m, stream);
+    }
+    else
+    {
+        TORCH_CHECK(coords.scalar_type() == at::kFloat, "coordinates must be float16 or float32");
+        auto const* c = reinterpret_cast<float const*>(coords.data_ptr());
+        status = src == Source::kGRID ? stn::launchGridSampleHWC8<float>(in, c, out, s, m, stream)
+            : src == Source::kAFFINE  ? stn::launchAffineGridSampleHWC8<float>(in, c, out, s, m, stream)
+                                      : stn::launchProjectiveGridSampleHWC8<float>(in, c, out, s, m, stream);
+    }
+    TORCH_CHECK(status == cudaSuccess, "GridSample kHWC8 kernel failed: ", cudaGetErrorString(status));
+    return y;
+}
+
+torch::Tensor hwc8(int64_t source, torch::Tensor xp, torch::Tensor coords, int64_t channels, int64_t outH,
+    int64_t outW, int64_t mode, int64_t padding, bool alignCorners, int64_t stream)
+{
+    TORCH_CHECK(source >= 0 && source <= 2, "source: 0 grid, 1 affine, 2 projective");
+    return runHWC8(static_cast<Source>(source), xp, coords, channels, outH, outW, mode, padding, alignCorners, stream);
+}
+
 } // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
@@ -97,4 +142,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("grid_sample", &gridSample, "Y = X sampled at grid [N,Ho,Wo,2]");
     m.def("affine_grid_sample", &affineGridSample, "Y = X sampled at F.affine_grid(theta), fused");
     m.def("projective_grid_sample", &projectiveGridSample, "Y = X sampled at a homography's points, fused");
+    m.def("hwc8", &hwc8, "kHWC8 fp16 variant: (source, xp [N,H,W,Cp], coords, C, Ho, Wo, mode, padding, ac, stream)");
 }

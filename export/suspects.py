@@ -8,6 +8,8 @@ PyTorch's warped image (grid or sampler export), or only what follows it (the cl
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import onnx.version_converter
@@ -114,5 +116,7 @@ def locate(model: nn.Module, path: str, x: np.ndarray, tol: Tolerance, backend: 
     onnx_model = onnx.load(path, load_external_data=False)
     if any(imp.domain not in ("", "ai.onnx") for imp in onnx_model.opset_import):
         return "the graph holds custom-domain nodes the reference cannot run; check them first"
+    if importlib.util.find_spec("polygraphy") is None:
+        return "install polygraphy (pip install polygraphy) to locate the suspect node"
     found = first_divergent_node(path, x, tol)
     return found or _gridsample_vs_torch(model, path, x, tol)

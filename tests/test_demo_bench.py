@@ -21,6 +21,7 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_ends_with_the_summary(checkpoint, tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--checkpoint", str(checkpoint), "--out", str(out),

@@ -67,6 +67,7 @@ def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_user_module_export_check_verify(user_dir):
     common = ["--module", "mypkg.stn:MySTN", "--kwargs", '{"hidden": 6}']
     done = _cli(user_dir, "export", *common, "--weights", "w.safetensors",

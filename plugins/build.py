@@ -86,11 +86,11 @@ def build(
     jobs: int | None = None,
 ) -> BuildResult:
     """Configure and build the plugin library; raises PluginBuildError with the tool output."""
+    arch_list = _parse_archs(archs)
     cmake = shutil.which("cmake")
     if cmake is None:
         raise PluginBuildError("cmake is not on the PATH: pip install cmake (or apt-get install "
                                "cmake), then run stn-deploy plugins build again")
-    arch_list = _parse_archs(archs)
     out = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
     out.mkdir(parents=True, exist_ok=True)
     cmd = [cmake, "-S", str(PLUGINS_DIR), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release",

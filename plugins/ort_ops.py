@@ -73,8 +73,9 @@ def _declare() -> None:
         ox = _extensions()
         dt = ox.PyCustomOpDef
         for op_type, kernel in _KERNELS.items():
+            # Only the sampler fields: declared attributes must be present on every node, and
+            # plugin_namespace/plugin_version matter to TensorRT's parser, not to the math.
             attrs = {field: dt.dt_int64 for field in names.FIELDS[op_type]}
-            attrs.update({"plugin_namespace": dt.dt_string, "plugin_version": dt.dt_string})
             ox.onnx_op(
                 op_type=f"{names.ONNX_DOMAIN}::{op_type}",
                 inputs=[dt.dt_float, dt.dt_float],

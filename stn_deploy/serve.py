@@ -96,6 +96,16 @@ def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Pat
     return out
 
 
+def default_ort_threads() -> int:
+    """All cores but one: the event loop that decodes and encodes requests needs its own.
+
+    Measured on 2 cores (bench/load_bench.py raw runs): one intra-op thread costs 68 us of CPU
+    per sample at batch 16-256, two non-spinning threads 76-87 us, two spinning ones 131-144 us;
+    under load the server's CPU per request is what bounds its throughput.
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def _ort_hooks():
     # Do not let ORT's idle intra-op threads spin: the HTTP event loop needs those cycles
     # between batches (measured in bench/load_bench.py).
@@ -168,7 +178,9 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
         path = checkpoint_onnx(model)
     elif not path.is_file():
         raise ServeError(f"MODEL {model} does not exist (a checkpoint dir, .onnx or engine)")
-    options = {"threads": threads, "session_hooks": _ort_hooks()} if backend == "ort" else {}
+    options = {}
+    if backend == "ort":
+        options = {"threads": threads or default_ort_threads(), "session_hooks": _ort_hooks()}
     return model_name(model), open_session(path, backend, **options), backend
 
 
@@ -277,7 +289,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-request-batch", type=int, default=256, help="samples in one request before 413"
     )
-    p.add_argument("--threads", type=int, help="backend threads (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores but one)"
+    )
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.set_defaults(func=_serve)
 

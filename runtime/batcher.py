@@ -315,9 +315,12 @@ class DynamicBatcher:
                     f"request adds {rows}; retry shortly",
                     retry_after_s=1.0,
                 )
+            was_empty = not self._queue
             self._queue.extend(items)
             self._queued_rows += rows
-            if self._worker_waiting:  # waking a busy worker only costs the GIL
+            # Wake the worker only when its decision changes (first request, or a full batch);
+            # every other wake-up is a GIL round trip per request for nothing.
+            if self._worker_waiting and (was_empty or self._queued_rows >= cfg.max_batch):
                 self._cond.notify()
 
     # -- worker --------------------------------------------------------------------------------

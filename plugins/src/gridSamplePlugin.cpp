@@ -463,6 +463,16 @@ int32_t GridSamplePlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
         }
         Dims const& x = inputDesc[0].dims;
         Dims const& y = outputDesc[0].dims;
+        Dims const& c = inputDesc[1].dims;
+        // The kernels trust these: a mismatched coordinate tensor would be read out of bounds.
+        bool const coordsOk = mKind == Source::kGRID
+            ? (c.nbDims == 4 && c.d[0] == x.d[0] && c.d[1] == y.d[2] && c.d[2] == y.d[3] && c.d[3] == 2)
+            : (c.nbDims == 3 && c.d[0] == x.d[0] && c.d[1] == (mKind == Source::kAFFINE ? 2 : 3) && c.d[2] == 3);
+        if (x.nbDims != 4 || y.nbDims != 4 || !coordsOk || y.d[0] != x.d[0] || y.d[1] != x.d[1])
+        {
+            logMessage(ILogger::Severity::kERROR, std::string(opTypeOf(mKind)) + ": input/output shapes do not match");
+            return -1;
+        }
         for (int32_t i = 1; i < 4; ++i)
         {
             if (x.d[i] < 0 || x.d[i] > std::numeric_limits<int32_t>::max() || y.d[i] < 0

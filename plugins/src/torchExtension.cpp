@@ -79,14 +79,15 @@ torch::Tensor gridSample(
 torch::Tensor affineGridSample(torch::Tensor x, torch::Tensor theta, int64_t outH, int64_t outW, int64_t mode,
     int64_t padding, bool alignCorners, int64_t stream)
 {
-    TORCH_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3, "theta must be [N, 2, 3]");
+    TORCH_CHECK(theta.dim() == 3 && theta.size(0) == x.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
+        "theta must be [N, 2, 3]");
     return run(Source::kAFFINE, x, theta, outH, outW, mode, padding, alignCorners, stream);
 }
 
 torch::Tensor projectiveGridSample(torch::Tensor x, torch::Tensor h, int64_t outH, int64_t outW, int64_t mode,
     int64_t padding, bool alignCorners, int64_t stream)
 {
-    TORCH_CHECK(h.dim() == 3 && h.size(1) == 3 && h.size(2) == 3, "h must be [N, 3, 3]");
+    TORCH_CHECK(h.dim() == 3 && h.size(0) == x.size(0) && h.size(1) == 3 && h.size(2) == 3, "h must be [N, 3, 3]");
     return run(Source::kPROJECTIVE, x, h, outH, outW, mode, padding, alignCorners, stream);
 }
 
@@ -97,6 +98,12 @@ torch::Tensor runHWC8(Source src, torch::Tensor xp, torch::Tensor coords, int64_
     TORCH_CHECK(xp.is_cuda() && coords.is_cuda(), "tensors must be on a CUDA device");
     TORCH_CHECK(xp.dim() == 4 && xp.scalar_type() == at::kHalf, "xp must be float16 [N, H, W, Cp]");
     TORCH_CHECK(xp.size(3) == stn::paddedChannels(static_cast<int32_t>(channels)), "Cp must be round_up(C, 8)");
+    bool const gridOk = src == Source::kGRID
+        ? (coords.dim() == 4 && coords.size(0) == xp.size(0) && coords.size(1) == outH && coords.size(2) == outW
+            && coords.size(3) == 2)
+        : (coords.dim() == 3 && coords.size(0) == xp.size(0) && coords.size(1) == (src == Source::kAFFINE ? 2 : 3)
+            && coords.size(2) == 3);
+    TORCH_CHECK(gridOk, "coordinates do not match the source kind / batch / output size");
     TORCH_CHECK(mode >= 0 && mode <= 2 && padding >= 0 && padding <= 2, "bad mode/padding enum");
     xp = xp.contiguous();
     coords = coords.contiguous();

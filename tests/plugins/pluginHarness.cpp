@@ -181,15 +181,35 @@ void checkCreator(IPluginCreatorV3One* creator)
     std::printf("configure %s %d %d\n", name.c_str(), build->configurePlugin(in, 2, out, 1),
         build->configurePlugin(in, 1, out, 1));
 
-    // enqueue never crashes: null buffers and a machine without a driver both give -1.
+    // enqueue never crashes: null buffers, mismatched shapes and a machine without a driver all
+    // give -1. Consistent shapes: X [4,4,4,4], Y [4,4,7,9], coordinates to match.
     PluginTensorDesc inDesc[2] = {in[0].desc, in[1].desc};
     PluginTensorDesc outDesc[1] = {out[0].desc};
+    outDesc[0].dims.d[2] = 7;
+    outDesc[0].dims.d[3] = 9;
+    Dims& c = inDesc[1].dims;
+    if (fused)
+    {
+        c.d[1] = name == "STNAffineGridSample" ? 2 : 3;
+        c.d[2] = 3;
+    }
+    else
+    {
+        c.d[1] = 7;
+        c.d[2] = 9;
+        c.d[3] = 2;
+    }
     std::printf("enqueue_null %s %d\n", name.c_str(), runtime->enqueue(inDesc, outDesc, nullptr, nullptr, nullptr, nullptr));
     float dummy[4] = {};
     void const* inputs[2] = {dummy, dummy};
     void* outputs[1] = {dummy};
+    int const errorsBefore = gFinder.mLogger.mErrors;
     int32_t const nodevice = runtime->enqueue(inDesc, outDesc, inputs, outputs, nullptr, nullptr);
-    std::printf("enqueue_nodevice %s %d\n", name.c_str(), nodevice);
+    std::printf("enqueue_nodevice %s %d %d %s\n", name.c_str(), nodevice, gFinder.mLogger.mErrors > errorsBefore ? 1 : 0,
+        gFinder.mLogger.mLast.c_str());
+    c.d[0] = 5; // coordinates for a different batch than X: must be refused before any launch
+    int32_t const badShape = runtime->enqueue(inDesc, outDesc, inputs, outputs, nullptr, nullptr);
+    std::printf("enqueue_badshape %s %d %s\n", name.c_str(), badShape, gFinder.mLogger.mLast.c_str());
 
     delete plugin;
     delete again;

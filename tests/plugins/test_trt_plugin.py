@@ -130,7 +130,11 @@ def test_plugin_library_contract(plugin_library, tmp_path):
                            "hwc8_f32": "0", "hwc8_to_linear": "0"}
         assert table[("configure", op_type)] == ["0 -1"]
         assert table[("enqueue_null", op_type)] == ["-1"]
-        assert table[("enqueue_nodevice", op_type)] == ["-1"]  # no driver: an error, no crash
+        # No driver here: the launch fails and is reported, nothing crashes.
+        nodevice = table[("enqueue_nodevice", op_type)][0].split(" ", 2)
+        assert nodevice[:2] == ["-1", "1"] and "kernel launch failed" in nodevice[2]
+        badshape = table[("enqueue_badshape", op_type)][0].split(" ", 1)
+        assert badshape[0] == "-1" and "shapes do not match" in badshape[1]
         bad = table[("bad", op_type)]
         expected = 6 if op_type != names.GRID_SAMPLE_OP else 4
         assert len(bad) == expected

@@ -24,6 +24,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_checkpoint_and_figure(trained):
     assert {p.name for p in trained.iterdir()} == {"config.json", "model.safetensors",
                                                   "figure.png"}
@@ -42,6 +43,7 @@ def test_train_writes_a_loadable_checkpoint_and_figure(trained):
     assert float((bias - torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])).abs().max()) > 0
 
 
+@pytest.mark.slow
 def test_eval_json_last_line_matches_recorded_error(trained, capsys):
     assert main(["eval", str(trained), "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -52,6 +54,7 @@ def test_eval_json_last_line_matches_recorded_error(trained, capsys):
     assert result["samples"] == 1000 and result["distortion"] == "R"
 
 
+@pytest.mark.slow
 def test_train_from_a_checkpoint_reproduces_it(trained, tmp_path, capsys):
     assert main(["train", "--from", str(trained), "--no-progress", "--out",
                  str(tmp_path / "again")]) == 0
@@ -66,6 +69,7 @@ def test_eval_of_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(tmp_path):
     cfg = TrainConfig(arch="st-fcn", transform="attention", epochs=1, limit=128, batch_size=32,
                       seed=11)

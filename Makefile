@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint gpu-check trt-check clean
+.PHONY: demo test lint gpu-check trt-check plugins clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,11 @@ clean:
 trt-check: $(STAMP)
 	$(PY) -c "import tensorrt" 2>/dev/null || $(PY) -m pip install -q -e '.[trt]'
 	$(PY) bench/trt_check.py
+
+# GPU machines only: kernels as a PyTorch CUDA extension vs F.grid_sample, eager and torch.compile.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --out bench/results
+
+# The plugin library (CUDA kernels; the TensorRT plugin when TensorRT headers are found).
+plugins: $(STAMP)
+	$(VENV)/bin/stn-deploy plugins build

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--module", help="a user model instead: pkg.mod:Class or file.py:Class")
     e.add_argument("--weights", help="its .safetensors or .pt state_dict")
     e.add_argument("--kwargs", default=None, help="its constructor arguments as JSON")
+    e.add_argument("--input-shape", default=None, help="C,H,W of a user model, e.g. 1,28,28")
     e.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
     e.add_argument("--distortion", choices=DISTORTIONS, default=None)
     e.add_argument("--json", action="store_true", help="end with one JSON line of results")
@@ -101,7 +102,14 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.weights:
             raise CheckpointError("--module needs --weights FILE (.safetensors or .pt)")
         kwargs = json.loads(args.kwargs) if args.kwargs else None
-        loaded = load_user_model(args.module, args.weights, kwargs)
+        shape = None
+        if args.input_shape:
+            try:
+                shape = tuple(int(d) for d in args.input_shape.split(","))
+            except ValueError as exc:
+                raise CheckpointError(f"--input-shape {args.input_shape!r}: use C,H,W, e.g. "
+                                      "1,28,28") from exc
+        loaded = load_user_model(args.module, args.weights, kwargs, input_shape=shape)
     elif args.checkpoint:
         loaded = load_model(args.checkpoint)
     else:

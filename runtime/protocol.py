@@ -168,6 +168,8 @@ def _decode_tensor(
                 f"{offset}, only {len(binary) - offset} follow the JSON header"
             )
         array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        if not array.flags.aligned:  # the JSON header's length decides the offset: copy (cheap)
+            array = array.astype(dtype)
         return name, array.reshape(shape), offset + need
     if "data" not in entry:
         raise ProtocolError(f'input {name!r} has neither "data" nor binary_data_size')

@@ -127,3 +127,15 @@ def test_metadata_and_error_documents():
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 4, 4]}]
     assert meta["outputs"][0]["shape"] == [-1, 10]
     assert json.loads(error_body("boom")) == {"error": "boom"}
+
+
+def test_binary_inputs_decode_aligned_whatever_the_header_length(rng):
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    for pad in range(4):  # header lengths of every residue mod 4
+        header = json.dumps(
+            {"id": " " * pad, "inputs": [{"name": "input", "shape": [2, 1, 4, 4],
+             "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}]}
+        ).encode()  # fmt: skip
+        req = decode_infer_request(header + x.tobytes(), len(header), SPECS, OUTS)
+        assert req.inputs["input"].flags.aligned
+        np.testing.assert_array_equal(req.inputs["input"], x)

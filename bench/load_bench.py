@@ -615,8 +615,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    print(json.dumps(report.get("targets", {}), indent=2))
-    bad = report.get("targets", {}).get("errors_and_mismatches", 0)
+    if "targets" in report:
+        print(json.dumps(report["targets"], indent=2))
+        bad = report["targets"]["errors_and_mismatches"]
+    else:
+        bad = sum(r["errors"] + r["mismatches"] for r in report["server"]["levels"])
+        print(f"errors and mismatches: {bad}")
     return 0 if not bad else 1
 
 

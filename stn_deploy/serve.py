@@ -259,6 +259,28 @@ def _triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_bench_module():
+    """bench/load_bench.py of the source checkout (the benchmark is not part of the wheel)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "load_bench.py"
+    if not path.is_file():
+        raise ServeError(
+            f"the load benchmark is not installed with the package ({path} is missing); run it "
+            "from a checkout of the repository: python bench/load_bench.py --help"
+        )
+    spec = importlib.util.spec_from_file_location("stn_load_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("stn_load_bench", module)  # its dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _serve_bench(args: argparse.Namespace) -> int:
+    return _load_bench_module().main(args.bench_args)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
@@ -311,6 +333,16 @@ def register(subparsers) -> None:
     t.add_argument("--max-delay-us", type=int, default=2000)
     t.add_argument("--instances", type=int, default=1)
     t.set_defaults(func=_triton_repo)
+
+    b = subparsers.add_parser(
+        "serve-bench",
+        help="load-benchmark the server (concurrency 1..128 over loopback)",
+        description="Runs bench/load_bench.py: raw ONNX Runtime vs the server with and without "
+        "batching, or, with --server HOST:PORT, the client side against a running server. "
+        "Arguments after serve-bench go to it (see serve-bench -- --help).",
+    )
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="load_bench.py arguments")
+    b.set_defaults(func=_serve_bench)
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -37,3 +37,23 @@ def test_client_checks_each_response_against_its_request(toy_onnx):
     assert good.throughput > 0 and good.p50_ms <= good.p99_ms
     assert (bad.requests, bad.errors, bad.mismatches) == (10, 0, 10)
     assert np.asarray(expected).shape == (16, 2, 10)
+
+
+def test_serve_bench_command_against_a_running_server(toy_onnx, tmp_path, capsys):
+    import json
+
+    from stn_deploy.cli import main
+
+    out = tmp_path / "r.json"
+    with (
+        OrtSession(toy_onnx, threads=1) as sess,
+        ServerThread(ServedModel("toy-stn", sess), ServerConfig(port=0)) as srv,
+    ):
+        rc = main(["serve-bench", str(toy_onnx), "--server", srv.url, "--name", "toy-stn",
+                   "--levels", "1,4", "--max-requests", "30", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    report = json.loads(out.read_text())
+    levels = report["server"]["levels"]
+    assert [lv["concurrency"] for lv in levels] == [1, 4]
+    assert all(lv["requests"] == 30 and lv["errors"] == lv["mismatches"] == 0 for lv in levels)
+    assert "errors and mismatches: 0" in capsys.readouterr().out

@@ -264,3 +264,42 @@ def test_queue_full_is_503_with_retry_after_and_shutdown_finishes_in_flight(sess
     with pytest.raises(OSError):  # the port is closed after shutdown
         socket.create_connection(("127.0.0.1", srv.port), timeout=1)
     assert not srv._thread.is_alive()
+
+
+def test_size_limits_encoding_and_versioned_routes(session, rng):
+    cfg = ServerConfig(port=0, max_body_bytes=2048)
+    x = _x(rng, 2)  # 512 bytes of tensor data: fits
+    big = _x(rng, 9)  # 2304 bytes: over the body limit
+
+    async def scenario(url):
+        async with aiohttp.ClientSession(f"http://{url}") as http:
+            out = {}
+            body, headers = _binary_body(x)
+            path = "/v2/models/toy-stn/versions/1/infer"
+            async with http.post(path, data=body, headers=headers) as r:
+                out["versioned"] = (r.status, await r.read(), r.headers.copy())
+            async with http.post("/v2/models/toy-stn/versions/2/infer", data=body,
+                                 headers=headers) as r:  # fmt: skip
+                out["bad_version"] = (r.status, (await r.json())["error"])
+            body, headers = _binary_body(big)
+            async with http.post("/v2/models/toy-stn/infer", data=body, headers=headers) as r:
+                out["too_big"] = (r.status, (await r.json())["error"])
+            body, headers = _binary_body(x)
+            headers = {**headers, "Content-Encoding": "gzip"}
+            async with http.post("/v2/models/toy-stn/infer", data=body, headers=headers) as r:
+                out["gzip"] = (r.status, (await r.json())["error"])
+            async with http.get("/v2/models/toy-stn/versions/1/ready") as r:
+                out["ready"] = r.status
+            return out
+
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        out = asyncio.run(scenario(srv.url))
+    status, body, headers = out["versioned"]
+    assert status == 200
+    hl = int(headers["Inference-Header-Content-Length"])
+    want = session.infer({"input": x})["logits"]
+    np.testing.assert_allclose(_logits_of(body, hl, 2), want, rtol=1e-5)
+    assert out["bad_version"][0] == 404 and "version '2'" in out["bad_version"][1]
+    assert out["too_big"][0] == 413 and "exceeds the limit of 2048" in out["too_big"][1]
+    assert out["gzip"][0] == 415 and "send the body uncompressed" in out["gzip"][1]
+    assert out["ready"] == 200

@@ -78,11 +78,16 @@ def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
 
 
 def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Path:
-    """Export a checkpoint to ONNX once; the cache key is the hash of its files."""
+    """Export a checkpoint to ONNX once; the cache key hashes its files and the exporter's."""
     ckpt_dir = _checkpoint_dir(ckpt)
     digest = hashlib.sha256()
     for f in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
         digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+    # the exporter's own source too: a changed exporter must not serve a stale cached graph
+    import stn_deploy.export
+
+    for f in sorted(Path(stn_deploy.export.__file__).parent.glob("*.py")):
         digest.update(f.read_bytes())
     tag = "-".join(extra_outputs) or "logits"
     out = _cache_dir() / f"{ckpt_dir.name}-{digest.hexdigest()[:16]}-{tag}.onnx"
@@ -128,10 +133,22 @@ def _torch_session(ckpt: str | os.PathLike, threads: int | None):
 
 
 def _with_extras(model):
-    """model(x) -> (logits, theta, warped): the first Warp's outputs, as the ONNX export has."""
+    """model(x) -> (logits, theta, warped), as the ONNX export names them.
+
+    The zoo's protocol first (``forward(x, return_aux=True)`` -> ``(logits, {theta, warped})``,
+    warped in raw pixel units, exactly what the exporter reads); otherwise the first Warp's
+    outputs.
+    """
+    import inspect
+
     import torch
 
     from stn_deploy.models.sampling import Warp
+
+    try:
+        takes_aux = "return_aux" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        takes_aux = False
 
     class WithExtras(torch.nn.Module):
         def __init__(self) -> None:
@@ -144,6 +161,9 @@ def _with_extras(model):
 
         def forward(self, x):
             self.seen = []
+            if takes_aux:
+                logits, aux = self.model(x, return_aux=True)
+                return logits, aux["theta"], aux["warped"]
             out = self.model(x)
             logits = out["logits"] if isinstance(out, dict) else out
             if isinstance(logits, (tuple, list)):

@@ -59,3 +59,24 @@ def test_demo_serve_with_given_images_reports_accuracy(toy_onnx, rng):
                         images=images, labels=labels)  # fmt: skip
     assert result["answers"] == truth.tolist()
     assert result["accuracy"] == 0.75
+
+
+def test_checkpoint_serves_the_same_outputs_on_torch_and_ort(tmp_path, monkeypatch, rng):
+    import numpy as np
+
+    from stn_deploy.models import shipped_checkpoints
+
+    if "tutorial-R" not in shipped_checkpoints():
+        pytest.fail("models/checkpoints/tutorial-R is missing: the package ships it")
+    monkeypatch.setenv("STN_DEPLOY_CACHE", str(tmp_path))  # a fresh export into the cache
+    x = rng.random((3, 1, 28, 28), dtype=np.float32)
+    outs = {}
+    for backend in ("ort", "torch"):
+        name, session, used = resolve_model("tutorial-R", backend, threads=1)
+        assert (name, used) == ("tutorial-R", backend)
+        outs[backend] = session.infer({"input": x})
+        session.close()
+    assert sorted(outs["ort"]) == ["logits", "theta", "warped"]
+    assert len(list(tmp_path.glob("onnx/tutorial-R-*.onnx"))) == 1
+    for key in ("logits", "theta", "warped"):
+        np.testing.assert_allclose(outs["ort"][key], outs["torch"][key], rtol=1e-4, atol=1e-4)

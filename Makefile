@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint gpu-check trt-check plugins clean
+.PHONY: demo test lint gpu-check trt-check plugins serve-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ gpu-check: $(STAMP)
 # The plugin library (CUDA kernels; the TensorRT plugin when TensorRT headers are found).
 plugins: $(STAMP)
 	$(VENV)/bin/stn-deploy plugins build
+
+# Load benchmark of the embedded server over loopback (2-core figures in the README).
+serve-bench: $(STAMP)
+	$(VENV)/bin/stn-deploy serve-bench -- --out bench/results/load_bench_tutorial-R_1sample.json
+	$(VENV)/bin/stn-deploy serve-bench -- --samples 8 --out bench/results/load_bench_tutorial-R_8samples.json

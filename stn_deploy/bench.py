@@ -8,6 +8,7 @@ plain ``torch.onnx.export(dynamo=True)`` defaults at opset 20: the comparison ba
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,7 @@ def _bench(args: argparse.Namespace) -> int:
     from stn_deploy.runtime.bench import environment, format_table, plot_rows, save_record
 
     loaded = load_checkpoint(args.checkpoint)
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     backends = [b for b in args.backends.split(",") if b]
     rows = run_bench(loaded.model, loaded.input_shape, backends=backends, batch_sizes=batches,
@@ -147,7 +149,8 @@ def _bench(args: argparse.Namespace) -> int:
         record = {
             "model": {"checkpoint": str(args.checkpoint), "name": loaded.name,
                       "arch": loaded.config.get("arch"), "input_shape": list(loaded.input_shape)},
-            "environment": environment(),
+            # other processes on a small machine skew the numbers: keep the load with them
+            "environment": {**environment(), "load_avg_before": load_before},
             "settings": {"batch_sizes": batches, "backends": backends,
                          "min_time_s": args.min_time, "threads": args.threads},
             "rows": [r.to_dict() for r in rows],

@@ -63,6 +63,7 @@ def _cases():
             yield name, loaded.model, loaded, flavour, "fp32"
         yield name, loaded.model, loaded, "standard", "fp16"
     for i, (arch, kwargs) in enumerate(RANDOM_MODELS):
+        torch.manual_seed(i)  # reproducible random weights
         model = _perturb_localisers(build_model(arch, **kwargs), seed=i)
         label = f"{arch} {json.dumps(kwargs, sort_keys=True)} (random weights)"
         yield label, model, None, "standard", "fp32"

@@ -92,9 +92,19 @@ def _gridsample_vs_torch(model: nn.Module, path: str, x: np.ndarray, tol: Tolera
         torch_warped = _torch_outputs(model, x, ["logits", "warped"], len(x))["warped"]
     except ExportError as exc:  # a model without a sampler has no image to compare
         return f"could not record PyTorch's warped image ({exc}); inspect {node.name!r}"
-    ok, err = _close(torch_warped, got[node.output[0]], tol)
+    onnx_warped = got[node.output[0]]
+    ok, err = _close(torch_warped, onnx_warped, tol)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+    if not ok and torch_warped.shape == onnx_warped.shape:
+        differ = int((np.abs(torch_warped - onnx_warped) > tol.atol).sum())
+        if attrs.get("mode") == "nearest" and differ <= max(1, torch_warped.size // 1000):
+            return (
+                f"GridSample node {node.name!r} {attrs}: {differ} of {torch_warped.size} "
+                "pixels differ from PyTorch: grid points within float rounding of a pixel "
+                "boundary picked the neighbour pixel (nearest mode), not an export error; "
+                "bilinear sampling does not have this discontinuity"
+            )
     if not ok:
         return (
             f"GridSample node {node.name!r} {attrs}: its image differs from PyTorch's "

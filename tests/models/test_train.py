@@ -102,3 +102,13 @@ def test_figure_has_one_row_per_transformer(tmp_path):
     assert h2 > h1
     with pytest.raises(ValueError, match="does not pair"):
         save_rectification_figure(x, x[:3], tmp_path / "bad.png")
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_reproduces_from_its_config(tmp_path, capsys):
+    # cnn-P is the quickest shipped run (about 35 s on 2 idle cores).
+    assert main(["train", "--from", "cnn-P", "--no-progress", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # Same seed and thread count: identical on this CPU; elsewhere float rounding may differ,
+    # so allow three binomial standard errors of the recorded error.
+    assert abs(result["error"] - result["recorded_error"]) <= 3 * result["std_error"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DEFAULT_CHECKPOINT = "tutorial-R"
 DEFAULT_OUT = "out/demo"
 FIGURE_SAMPLES = 12
 BENCH_BATCHES = (1, 64)
+SERVE_REQUESTS = 16
 
 
 class Skipped(Exception):
@@ -178,15 +180,44 @@ def step_figure(state: DemoState) -> str:
 
 
 def step_tensorrt(state: DemoState) -> str:
-    has_trt = importlib.util.find_spec("tensorrt") is not None
-    raise Skipped(
-        "TensorRT: " + ("the engine step is not wired into the demo yet" if has_trt else
-                        "the tensorrt package and an NVIDIA GPU are not present on this machine")
-    )
+    from stn_deploy.export.engine import demo_trt_step, trt_available
+
+    ok, why = trt_available()
+    if not ok:
+        raise Skipped(f"TensorRT: {why}")
+    paths = {flavour: result.path for flavour, result in state.exports.items()}
+    return demo_trt_step(paths, state.out / "trt", checkpoint=state.checkpoint)
 
 
 def step_serve(state: DemoState) -> str:
-    raise Skipped("serving: the server step is not wired into the demo yet")
+    from stn_deploy.serve import demo_serve
+
+    images, labels = state.data
+    # spread over the split (it may be ordered by class), as real traffic would be
+    pick = np.linspace(0, len(images) - 1, SERVE_REQUESTS).astype(int)
+    # the server's start/stop lines would interleave with the demo's own report
+    quiet = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "stn_deploy.runtime")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    try:
+        result = demo_serve(
+            state.exports["standard"].path, name=state.loaded.name, n_requests=SERVE_REQUESTS,
+            backend="ort", echo=False, images=images[pick], labels=labels[pick],
+        )
+    finally:
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
+    if not result["matches"]:
+        raise RuntimeError("served answers differ from the local ONNX Runtime session")
+    lat = result["latency_ms"]
+    acc = result.get("accuracy")
+    acc_text = "" if acc is None else f", accuracy {acc:.0%}"
+    return (
+        f"{SERVE_REQUESTS} KServe v2 requests via tritonclient to {result['url']}: "
+        f"answers {result['answers']} match the local session{acc_text}; "
+        f"latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
+    )
 
 
 STEPS: list[tuple[str, Callable[[DemoState], str]]] = [
@@ -231,7 +262,9 @@ def run_demo(state: DemoState, steps=STEPS, echo=print) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="checkpoint -> ONNX -> check -> verify -> bench -> figure")
+    p = sub.add_parser(
+        "demo", help="checkpoint -> ONNX -> check -> verify -> bench -> figure -> TensorRT -> serve"
+    )
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help=f"shipped name or directory (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")

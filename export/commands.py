@@ -32,8 +32,15 @@ def register(sub) -> None:
 
     p = sub.add_parser("verify", help="compare an exported model with PyTorch")
     _add_source(p, "checkpoint directory (or --module ...)")
-    p.add_argument("onnx", metavar="MODEL.onnx", help="the exported model (or engine for trt)")
-    p.add_argument("--backend", default="ort", help="ort (default) or trt")
+    p.add_argument(
+        "onnx", metavar="MODEL", nargs="+",
+        help="exported ONNX file(s); with --backend trt engine(s), e.g. the built-in-GridSample "
+        "engine and the plugin engine side by side",
+    )
+    p.add_argument("--backend", default="ort", choices=("ort", "trt"))
+    p.add_argument(
+        "--plugin-lib", help="stn plugin library for trt (default: $STN_PLUGIN_LIB, plugins/build)"
+    )
     p.add_argument("--limit", type=int, default=None, help="use the first N test samples")
     p.add_argument("--samples", type=int, default=64, help="random inputs for --module")
     p.add_argument("--json", action="store_true", help="print the result as JSON last")
@@ -92,8 +99,19 @@ def _verify(args) -> int:
         inputs, labels = load_test_split(loaded.dataset, loaded.distortion, args.limit)
     else:
         inputs = random_inputs(shape, args.samples)
-    result = verify(model, args.onnx, inputs, labels, backend=args.backend)
-    print(result.summary(), file=sys.stderr if args.json else sys.stdout)
+    options = {"plugin_lib": args.plugin_lib} if args.backend == "trt" and args.plugin_lib else {}
+    results = []
+    for path in args.onnx:
+        result = verify(model, path, inputs, labels, backend=args.backend, session_options=options)
+        label = path
+        if args.backend == "trt":
+            from stn_deploy.runtime.engine_meta import describe_engine
+
+            label = describe_engine(path)  # "trt built-in GridSample fp32" / "trt plugin fp16"
+        prefix = f"{label}: " if len(args.onnx) > 1 or args.backend == "trt" else ""
+        print(f"{prefix}{result.summary()}", file=sys.stderr if args.json else sys.stdout)
+        results.append(result)
     if args.json:
-        print(json.dumps(result.to_dict(), sort_keys=True))
-    return 0 if result else 1
+        out = results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results]
+        print(json.dumps(out, sort_keys=True))
+    return 0 if all(results) else 1

@@ -164,7 +164,11 @@ def verify(
         raise VerificationError(f"no model file at {path!r}; export it first")
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     with _open(path, backend, session_options or {}) as session:
-        precision = "fp16" if session.inputs[0].dtype == "float16" else "fp32"
+        # an fp16 TensorRT-10 engine built with the builder flag keeps fp32 I/O: its sidecar
+        # (session.precision) is what says it computes in fp16
+        precision = getattr(session, "precision", None) or (
+            "fp16" if session.inputs[0].dtype == "float16" else "fp32"
+        )
         tol = tolerance or for_precision(precision)
         got = _backend_outputs(session, x, batch_size)
     ref = _torch_outputs(model, x, [n for n in got if n in ("logits", "theta", "warped")],

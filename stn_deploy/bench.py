@@ -18,6 +18,8 @@ import numpy as np
 __all__ = ["register", "run_bench", "TARGETS", "BACKENDS", "check_targets"]
 
 BACKENDS = ("torch", "compile", "ort", "ort-default")
+# On a GPU machine with TensorRT: the built-in GridSample layer vs our plugin (not default).
+TRT_BACKENDS = ("trt-builtin", "trt-plugin")
 DEFAULT_BATCHES = (1, 8, 64, 256)
 DEFAULT_CHECKPOINT = "tutorial-R"
 # (backend, baseline, batch, minimum p50 speed-up): the targets for the tutorial STN.
@@ -33,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT,
                    help=f"checkpoint directory or shipped name (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)))
-    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma list of {BACKENDS}")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"comma list of {BACKENDS + TRT_BACKENDS}")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per backend and batch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
     p.add_argument("--out", help="JSON file to write (e.g. bench/results/cpu.json)")
@@ -52,6 +55,15 @@ def _sessions(model, shape, backends, workdir: Path, threads: int | None, prebui
         try:
             if name in ("torch", "compile"):
                 out[name] = TorchSession(model, spec, compile=name == "compile", threads=threads)
+            elif name in TRT_BACKENDS:
+                from stn_deploy.export.engine import build_engine
+                from stn_deploy.runtime.trt import TrtSession
+
+                flavour = "standard" if name == "trt-builtin" else "plugin"
+                onnx_path = export_module(model, shape, workdir / f"{name}.onnx", flavour=flavour)
+                engine = build_engine(onnx_path.path, workdir / f"{name}.engine",
+                                      report=lambda line: None)
+                out[name] = TrtSession(engine.engine_path)
             elif name in prebuilt:
                 out[name] = OrtSession(prebuilt[name], threads=threads)
             elif name == "ort":
@@ -61,7 +73,9 @@ def _sessions(model, shape, backends, workdir: Path, threads: int | None, prebui
                 path = export_plain(model, shape, workdir / "ort-default.onnx", opset=20)
                 out[name] = OrtSession(path, threads=threads)
             else:
-                raise ValueError(f"unknown backend {name!r}; choose from {BACKENDS}")
+                raise ValueError(
+                    f"unknown backend {name!r}; choose from {BACKENDS + TRT_BACKENDS}"
+                )
             out[name].open()
         except Exception as exc:  # noqa: BLE001 - reported in the table as "unavailable: ..."
             out[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"

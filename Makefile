@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint gpu-check trt-check plugins serve-bench clean
+.PHONY: demo test lint bench verify-zoo gpu-check trt-check plugins serve-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# CPU benchmark of the tutorial STN: eager vs torch.compile vs our ONNX vs the plain opset-20 ONNX.
+bench: $(STAMP)
+	$(VENV)/bin/stn-deploy bench --out bench/results/cpu-tutorial-R.json --plot bench/results/cpu-tutorial-R.png
+
+# Every shipped checkpoint and transformer type, both flavours and fp16, verified on ORT.
+verify-zoo: $(STAMP)
+	$(PY) bench/verify_zoo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 """Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface, and the server."""
 
 from stn_deploy.runtime.backends import open_session
+from stn_deploy.runtime.batcher import BatcherConfig, DynamicBatcher
 from stn_deploy.runtime.ort import OrtSession
 from stn_deploy.runtime.session import (
     BackendUnavailableError,
@@ -13,6 +14,8 @@ from stn_deploy.runtime.torch_session import TorchSession
 
 __all__ = [
     "BackendUnavailableError",
+    "BatcherConfig",
+    "DynamicBatcher",
     "InputError",
     "OrtSession",
     "Session",

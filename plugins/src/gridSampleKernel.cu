@@ -67,6 +67,33 @@ bool validHWC8Shape(GridSampleShape const& s)
     return validShape(s) && work <= std::numeric_limits<int32_t>::max() - kMAX_GRID_X * kBLOCK;
 }
 
+enum class Precheck
+{
+    kRUN,
+    kNOTHING_TO_DO,
+    kINVALID
+};
+
+//! The checks every launcher makes before it launches: shape and padding valid, work non-empty,
+//! buffers present (an empty output with null buffers is fine: nothing is read or written).
+Precheck precheck(bool shapeOk, void const* input, void const* coords, void const* output, GridSampleShape const& s)
+{
+    if (!shapeOk
+        || (s.padding != Padding::kZEROS && s.padding != Padding::kBORDER && s.padding != Padding::kREFLECTION))
+    {
+        return Precheck::kINVALID;
+    }
+    if (s.batch == 0 || s.channels == 0 || s.outH == 0 || s.outW == 0)
+    {
+        return Precheck::kNOTHING_TO_DO;
+    }
+    if (input == nullptr || coords == nullptr || output == nullptr)
+    {
+        return Precheck::kINVALID;
+    }
+    return Precheck::kRUN;
+}
+
 template <Source S, Interp M, typename T, typename G>
 cudaError_t launchMode(T const* input, G const* coords, T* output, GridSampleShape const& s, cudaStream_t stream)
 {
@@ -82,18 +109,10 @@ template <Source S, typename T, typename G>
 cudaError_t launch(
     T const* input, G const* coords, T* output, GridSampleShape const& s, Interp mode, cudaStream_t stream)
 {
-    if (!validShape(s) || (s.padding != Padding::kZEROS && s.padding != Padding::kBORDER
-                              && s.padding != Padding::kREFLECTION))
+    Precheck const pre = precheck(validShape(s), input, coords, output, s);
+    if (pre != Precheck::kRUN)
     {
-        return cudaErrorInvalidValue;
-    }
-    if (s.batch == 0 || s.channels == 0 || s.outH == 0 || s.outW == 0)
-    {
-        return cudaSuccess;
-    }
-    if (input == nullptr || coords == nullptr || output == nullptr)
-    {
-        return cudaErrorInvalidValue;
+        return pre == Precheck::kNOTHING_TO_DO ? cudaSuccess : cudaErrorInvalidValue;
     }
     switch (mode)
     {
@@ -120,18 +139,10 @@ template <Source S, typename G>
 cudaError_t launchHWC8(
     __half const* input, G const* coords, __half* output, GridSampleShape const& s, Interp mode, cudaStream_t stream)
 {
-    if (!validHWC8Shape(s)
-        || (s.padding != Padding::kZEROS && s.padding != Padding::kBORDER && s.padding != Padding::kREFLECTION))
+    Precheck const pre = precheck(validHWC8Shape(s), input, coords, output, s);
+    if (pre != Precheck::kRUN)
     {
-        return cudaErrorInvalidValue;
-    }
-    if (s.batch == 0 || s.channels == 0 || s.outH == 0 || s.outW == 0)
-    {
-        return cudaSuccess;
-    }
-    if (input == nullptr || coords == nullptr || output == nullptr)
-    {
-        return cudaErrorInvalidValue;
+        return pre == Precheck::kNOTHING_TO_DO ? cudaSuccess : cudaErrorInvalidValue;
     }
     switch (mode)
     {

@@ -371,33 +371,39 @@ STN_HD int64_t sourceStride(Source src, GridSampleShape const& s)
     return src == Source::kAFFINE ? 6 : 9;
 }
 
-//! Sample output pixel pix (row-major in [Ho, Wo]) of image n, every channel.
-template <Source S, Interp M, typename T, typename G>
-STN_HD void samplePixel(T const* in, G const* coords, T* out, int64_t n, int32_t pix, GridSampleShape const& s)
+//! Normalised source point of output pixel pix (row-major in [Ho, Wo]) of image n: read from
+//! the grid, or computed from theta / the homography so the fused kernels never store a grid.
+template <Source S, typename G>
+STN_HD void sourcePoint(G const* coords, int64_t n, int32_t pix, GridSampleShape const& s, float& gx, float& gy)
 {
     G const* src = coords + n * sourceStride(S, s);
-    float gx;
-    float gy;
     if (S == Source::kGRID)
     {
         gx = toFloat(src[2 * static_cast<int64_t>(pix)]);
         gy = toFloat(src[2 * static_cast<int64_t>(pix) + 1]);
+        return;
+    }
+    int32_t const oy = pix / s.outW;
+    int32_t const ox = pix - oy * s.outW;
+    float const xt = baseCoordinate(ox, s.outW, s.alignCorners);
+    float const yt = baseCoordinate(oy, s.outH, s.alignCorners);
+    if (S == Source::kAFFINE)
+    {
+        affinePoint(src, xt, yt, gx, gy);
     }
     else
     {
-        int32_t const oy = pix / s.outW;
-        int32_t const ox = pix - oy * s.outW;
-        float const xt = baseCoordinate(ox, s.outW, s.alignCorners);
-        float const yt = baseCoordinate(oy, s.outH, s.alignCorners);
-        if (S == Source::kAFFINE)
-        {
-            affinePoint(src, xt, yt, gx, gy);
-        }
-        else
-        {
-            projectivePoint(src, xt, yt, gx, gy);
-        }
+        projectivePoint(src, xt, yt, gx, gy);
     }
+}
+
+//! Sample output pixel pix (row-major in [Ho, Wo]) of image n, every channel.
+template <Source S, Interp M, typename T, typename G>
+STN_HD void samplePixel(T const* in, G const* coords, T* out, int64_t n, int32_t pix, GridSampleShape const& s)
+{
+    float gx;
+    float gy;
+    sourcePoint<S>(coords, n, pix, s, gx, gy);
     int64_t const inImage = static_cast<int64_t>(s.channels) * s.inH * s.inW;
     int64_t const outImage = static_cast<int64_t>(s.channels) * s.outH * s.outW;
     sampleChannels<M, T>(in + n * inImage, out + n * outImage + pix, gx, gy, s);
@@ -518,29 +524,9 @@ template <Source S, Interp M, typename T, typename G>
 STN_HD void samplePixelGroupHWC(
     T const* in, G const* coords, T* out, int64_t n, int32_t pix, int32_t g, GridSampleShape const& s)
 {
-    G const* src = coords + n * sourceStride(S, s);
     float gx;
     float gy;
-    if (S == Source::kGRID)
-    {
-        gx = toFloat(src[2 * static_cast<int64_t>(pix)]);
-        gy = toFloat(src[2 * static_cast<int64_t>(pix) + 1]);
-    }
-    else
-    {
-        int32_t const oy = pix / s.outW;
-        int32_t const ox = pix - oy * s.outW;
-        float const xt = baseCoordinate(ox, s.outW, s.alignCorners);
-        float const yt = baseCoordinate(oy, s.outH, s.alignCorners);
-        if (S == Source::kAFFINE)
-        {
-            affinePoint(src, xt, yt, gx, gy);
-        }
-        else
-        {
-            projectivePoint(src, xt, yt, gx, gy);
-        }
-    }
+    sourcePoint<S>(coords, n, pix, s, gx, gy);
     PixelTaps<M> taps;
     pixelTaps<M>(gx, gy, s, taps);
     int64_t const cp = paddedChannels(s.channels);

@@ -298,7 +298,10 @@ def _load_bench_module():
 
 
 def _serve_bench(args: argparse.Namespace) -> int:
-    return _load_bench_module().main(args.bench_args)
+    forwarded = list(args.bench_args)
+    if forwarded[:1] == ["--"]:  # `serve-bench -- --out X`: the separator is ours, not theirs
+        forwarded = forwarded[1:]
+    return _load_bench_module().main(forwarded)
 
 
 def register(subparsers) -> None:

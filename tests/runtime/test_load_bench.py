@@ -57,3 +57,22 @@ def test_serve_bench_command_against_a_running_server(toy_onnx, tmp_path, capsys
     assert [lv["concurrency"] for lv in levels] == [1, 4]
     assert all(lv["requests"] == 30 and lv["errors"] == lv["mismatches"] == 0 for lv in levels)
     assert "errors and mismatches: 0" in capsys.readouterr().out
+
+
+def test_serve_bench_takes_the_readme_form_with_a_separator(toy_onnx, tmp_path):
+    """`stn-deploy serve-bench -- --out X` (README, Makefile): the `--` is not passed on."""
+    import json
+
+    from stn_deploy.cli import main
+
+    out = tmp_path / "r.json"
+    with (
+        OrtSession(toy_onnx, threads=1) as sess,
+        ServerThread(ServedModel("toy-stn", sess), ServerConfig(port=0)) as srv,
+    ):
+        rc = main(["serve-bench", "--", "--levels", "2", "--max-requests", "10",
+                   "--server", srv.url, "--name", "toy-stn", "--out", str(out),
+                   str(toy_onnx)])  # fmt: skip
+    assert rc == 0
+    levels = json.loads(out.read_text())["server"]["levels"]
+    assert [(lv["concurrency"], lv["requests"], lv["errors"]) for lv in levels] == [(2, 10, 0)]

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stn_deploy.runtime.protocol import encode_infer_request
 from stn_deploy.serve import default_ort_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,26 +140,11 @@ def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samp
     sess.close()
     requests = []
     for x in xs:
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "input",
-                        "shape": list(x.shape),
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes},
-                    }
-                ],
-                "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-            },
-            separators=(",", ":"),
-        ).encode()
-        body = header + x.tobytes()
+        body, headers = encode_infer_request({"input": x})
         head = (
             f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {host}\r\n"
-            "Content-Type: application/octet-stream\r\n"
-            f"Inference-Header-Content-Length: {len(header)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         requests.append(head + body)
     return requests, expected

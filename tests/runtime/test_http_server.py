@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
 from stn_deploy.runtime.ort import OrtSession
+from stn_deploy.runtime.protocol import encode_infer_request
 from stn_deploy.runtime.session import Session
 
 
@@ -79,20 +80,7 @@ def test_tritonclient_end_to_end(session, rng):
 
 
 def _binary_body(x: np.ndarray, outputs=("logits",)) -> tuple[bytes, dict]:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
-        }
-    ).encode()
-    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    return encode_infer_request({"input": x}, outputs)
 
 
 def _logits_of(body: bytes, header_len: int, n: int) -> np.ndarray:

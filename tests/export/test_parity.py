@@ -85,8 +85,13 @@ def _assert_table(model, path, x, tol, combos=COMBOS):
     for i, combo in enumerate(combos):
         err = np.abs(got[:, i] - ref[:, i])
         bound = tol.atol + tol.rtol * np.abs(ref[:, i])
-        # nearest: a grid point within float rounding of a pixel boundary may round either way
-        need = 0.995 if combo[0] == "nearest" else 1.0
+        need = 1.0
+        if combo[0] == "nearest":
+            # A grid point within rounding of a pixel boundary may pick either neighbour. In fp16
+            # the localisation net itself runs in half precision, so theta moves by ~1e-3 and a
+            # few tenths of a percent of points switch pixel (measured over 60 draws: mean 0.17%,
+            # worst 0.67%); sampling the same grid with the wrong align_corners agrees on only ~60%.
+            need = 0.98 if tol is FP16 else 0.995
         ok = (err <= bound).mean() >= need
         if not ok:
             failures.append(f"{combo}: max abs err {err.max():.3g}")

@@ -37,7 +37,7 @@ from stn_deploy.runtime.metrics import ServerMetrics
 from stn_deploy.runtime.protocol import (
     HEADER_LENGTH,
     ProtocolError,
-    decode_infer_request,
+    RequestDecoder,
     encode_infer_response,
     error_body,
     model_metadata,
@@ -113,6 +113,11 @@ class _Endpoints:
         self.config = config
         self.metrics = metrics
         self.batcher = DynamicBatcher(model.session, config.batcher_config(), observer=metrics)
+        self.decoder = RequestDecoder(
+            model.session.inputs,
+            model.session.output_names,
+            max_batch_size=config.max_request_batch,
+        )
         self.metadata = model_metadata(
             model.name,
             model.session.inputs,
@@ -209,18 +214,13 @@ class _Endpoints:
                 f"serves {self.model.name!r} version {self.model.version!r}"
             )
             return 404, error_body(message), _JSON, "unknown_model"
-        session = self.model.session
         headers = dict(scope["headers"])
         try:
             with self.batcher.incoming():
                 body = await self._read_body(headers, receive)
                 header_length = headers.get(_HEADER_LENGTH_KEY)
-                req = decode_infer_request(
-                    body,
-                    None if header_length is None else header_length.decode("latin-1"),
-                    session.inputs,
-                    session.output_names,
-                    max_batch_size=self.config.max_request_batch,
+                req = self.decoder.decode(
+                    body, None if header_length is None else header_length.decode("latin-1")
                 )
                 pending = self.batcher.submit_async(
                     req.inputs, self.config.request_timeout_s, validated=True

@@ -10,6 +10,8 @@ and a message that names what was expected and what came.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ __all__ = [
     "RequestedOutput",
     "InferRequest",
     "decode_infer_request",
+    "RequestDecoder",
     "encode_infer_response",
     "model_metadata",
     "error_body",
@@ -186,7 +189,9 @@ def _decode_tensor(
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    # A finite sum proves every value finite (NaN and Inf propagate) at under half the cost of
+    # isfinite().all(); only a sum that overflows or is NaN needs the element-wise look.
+    if array.dtype.kind == "f" and not math.isfinite(np.add.reduce(array, axis=None)):
         bad = ~np.isfinite(array)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
@@ -262,6 +267,83 @@ def decode_infer_request(
     )
 
 
+class _BinaryLayout(NamedTuple):
+    """What a binary-only request header decoded to, minus the tensor bytes it describes."""
+
+    tensors: tuple[tuple[str, np.dtype, tuple[int, ...], int], ...]  # name, dtype, shape, offset
+    size: int  # bytes that must follow the header
+    request: InferRequest  # id, outputs and batch size; its inputs are replaced on reuse
+
+
+class RequestDecoder:
+    """:func:`decode_infer_request` bound to one model, remembering binary-request headers.
+
+    A client sending binary tensors repeats its JSON header byte for byte (same shapes, same
+    outputs, usually no id), and parsing plus validating that header is most of the decoding
+    time (about 25 of 30 µs on our 2-core box). A header seen before therefore skips both: its
+    tensors are wrapped at the remembered offsets and only checked for NaN/Inf. Anything that
+    does not match (other sizes, JSON data, a new header) takes the full path, which also
+    produces every error message. At most ``cache_size`` headers are kept.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[TensorSpec],
+        output_names: Sequence[str],
+        *,
+        max_batch_size: int | None = None,
+        cache_size: int = 256,
+    ) -> None:
+        self.inputs = tuple(inputs)
+        self.output_names = tuple(output_names)
+        self.max_batch_size = max_batch_size
+        self.cache_size = cache_size
+        self._layouts: dict[bytes, _BinaryLayout] = {}
+
+    @property
+    def remembered_headers(self) -> int:
+        return len(self._layouts)
+
+    def decode(self, body: bytes, header_length: str | int | None) -> InferRequest:
+        key = None
+        if header_length is not None:
+            with contextlib.suppress(ValueError):
+                n = int(header_length)
+                key = body[:n] if 0 < n <= len(body) else None
+            layout = self._layouts.get(key) if key else None
+            if layout is not None and len(body) - len(key) == layout.size:
+                return self._reuse(layout, memoryview(body)[len(key) :])
+        request = decode_infer_request(
+            body, header_length, self.inputs, self.output_names, max_batch_size=self.max_batch_size
+        )
+        if key and self.cache_size:
+            self._remember(key, len(body) - len(key), request)
+        return request
+
+    def _remember(self, key: bytes, size: int, request: InferRequest) -> None:
+        offset, tensors = 0, []
+        for name, array in request.inputs.items():
+            tensors.append((name, array.dtype.newbyteorder("<"), array.shape, offset))
+            offset += array.nbytes
+        if offset != size:  # some input came as JSON data: its values live in the header
+            return
+        if len(self._layouts) >= self.cache_size:
+            self._layouts.clear()  # clients with changing headers (ids): start over, stay bounded
+        self._layouts[key] = _BinaryLayout(tuple(tensors), size, request._replace(inputs={}))
+
+    @staticmethod
+    def _reuse(layout: _BinaryLayout, binary: memoryview) -> InferRequest:
+        arrays = {}
+        for name, dtype, shape, offset in layout.tensors:
+            array = np.frombuffer(binary, dtype, math.prod(shape), offset).reshape(shape)
+            if not array.flags.aligned:
+                array = array.astype(dtype.newbyteorder("="))
+            _check_finite(name, array)
+            arrays[name] = array
+        head = layout.request
+        return InferRequest(head.id, arrays, head.outputs, head.batch_size)
+
+
 def encode_infer_response(
     model_name: str,
     request: InferRequest,
@@ -269,10 +351,20 @@ def encode_infer_response(
     model_version: str = "1",
 ) -> tuple[bytes, dict[str, str]]:
     """Build the response body and headers for the requested outputs."""
+    arrays = [np.asarray(outputs[want.name]) for want in request.outputs]
+    if all(want.binary for want in request.outputs):  # the common case: one cached header
+        raws = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
+        layout = tuple(
+            (want.name, a.dtype.str, a.shape) for want, a in zip(request.outputs, arrays)
+        )
+        header = _binary_response_header(model_name, model_version, request.id, layout)
+        return b"".join([header, *raws]), {
+            "Content-Type": "application/octet-stream",
+            HEADER_LENGTH: str(len(header)),
+        }
     entries = []
     chunks: list[bytes] = []
-    for want in request.outputs:
-        array = np.asarray(outputs[want.name])
+    for want, array in zip(request.outputs, arrays):
         entry: dict[str, Any] = {
             "name": want.name,
             "datatype": datatype_of(array.dtype),
@@ -285,17 +377,41 @@ def encode_infer_response(
         else:
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if request.id is not None:
-        doc["id"] = request.id
-    doc["outputs"] = entries
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = _response_header(model_name, model_version, request.id, entries)
     if not chunks:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *chunks]), {
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def _response_header(name: str, version: str, request_id: str | None, entries: list) -> bytes:
+    doc: dict[str, Any] = {"model_name": name, "model_version": version}
+    if request_id is not None:
+        doc["id"] = request_id
+    doc["outputs"] = entries
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _binary_response_header(
+    name: str, version: str, request_id: str | None, layout: tuple[tuple[str, str, tuple], ...]
+) -> bytes:
+    """The JSON header of an all-binary response; the same for every answer of one shape.
+
+    json.dumps was about a tenth of the event loop's time per request under load.
+    """
+    entries = []
+    for out_name, dtype, shape in layout:
+        dt = np.dtype(dtype)
+        entries.append({
+            "name": out_name,
+            "datatype": datatype_of(dt),
+            "shape": list(shape),
+            "parameters": {"binary_data_size": math.prod(shape) * dt.itemsize},
+        })  # fmt: skip
+    return _response_header(name, version, request_id, entries)
 
 
 def encode_infer_request(

@@ -12,6 +12,8 @@ from tritonclient.http._utils import _get_inference_request
 from stn_deploy.runtime.protocol import (
     HEADER_LENGTH,
     ProtocolError,
+    RequestDecoder,
+    RequestedOutput,
     decode_infer_request,
     encode_infer_response,
     error_body,
@@ -139,3 +141,79 @@ def test_binary_inputs_decode_aligned_whatever_the_header_length(rng):
         req = decode_infer_request(header + x.tobytes(), len(header), SPECS, OUTS)
         assert req.inputs["input"].flags.aligned
         np.testing.assert_array_equal(req.inputs["input"], x)
+
+
+# -- RequestDecoder: the server's decoder, which remembers binary-request headers ----------------
+def _binary_body(x, request_id=None):
+    doc = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                       "parameters": {"binary_data_size": x.nbytes}}]}  # fmt: skip
+    if request_id is not None:
+        doc["id"] = request_id
+    header = json.dumps(doc).encode()
+    return header + x.tobytes(), len(header)
+
+
+def test_decoder_reuses_a_header_but_never_its_tensors(rng):
+    decoder = RequestDecoder(SPECS, OUTS)
+    for _ in range(3):  # same header every time, fresh values every time
+        x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+        body, header_len = _binary_body(x)
+        req = decoder.decode(body, header_len)
+        full = decode_infer_request(body, header_len, SPECS, OUTS)
+        np.testing.assert_array_equal(req.inputs["input"], x)
+        assert (req.id, req.outputs, req.batch_size) == (full.id, full.outputs, full.batch_size)
+        assert req.inputs["input"].flags.aligned
+
+
+def test_decoder_with_a_known_header_still_rejects_bad_payloads(rng):
+    decoder = RequestDecoder(SPECS, OUTS)
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    body, header_len = _binary_body(x)
+    decoder.decode(body, header_len)
+    bad = x.copy()
+    bad[1, 0, 2, 3] = np.nan
+    with pytest.raises(ProtocolError, match=r"1 NaN/Inf values \(first at flat index 27\)"):
+        decoder.decode(_binary_body(bad)[0], header_len)
+    bad[1, 0, 2, 3] = np.inf
+    with pytest.raises(ProtocolError, match="NaN/Inf"):
+        decoder.decode(_binary_body(bad)[0], header_len)
+    with pytest.raises(ProtocolError, match="truncated binary payload: .* needs 128 bytes"):
+        decoder.decode(body[:-4], header_len)
+    with pytest.raises(ProtocolError, match="4 bytes follow"):
+        decoder.decode(body + b"more", header_len)
+    with pytest.raises(ProtocolError, match="at most the body size"):
+        decoder.decode(body, -128)  # body[:-128] is the header: must not be taken for it
+
+
+def test_decoder_json_data_and_changing_ids_decode_correctly_and_stay_bounded(rng):
+    decoder = RequestDecoder(SPECS, OUTS, cache_size=2)
+    for i in range(5):
+        x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+        body, header_len = _binary_body(x, request_id=f"r{i}")
+        req = decoder.decode(body, header_len)
+        assert req.id == f"r{i}"
+        np.testing.assert_array_equal(req.inputs["input"], x)
+        doc = {"inputs": [{"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32",
+                           "data": x.ravel().tolist()}]}  # fmt: skip
+        req = decoder.decode(json.dumps(doc).encode(), None)
+        np.testing.assert_array_equal(req.inputs["input"], x)
+        assert decoder.remembered_headers <= 2
+
+
+def test_binary_response_headers_follow_each_answers_shape_and_id(rng):
+    for batch, request_id in ((3, None), (5, None), (3, "req-9"), (3, None)):
+        x = rng.standard_normal((batch, 1, 4, 4)).astype(np.float32)
+        body, header_len = _binary_body(x, request_id)
+        req = RequestDecoder(SPECS, OUTS).decode(body, header_len)
+        req = req._replace(outputs=tuple(RequestedOutput(n, True) for n in OUTS))
+        logits = rng.standard_normal((batch, 10)).astype(np.float32)
+        theta = rng.standard_normal((batch, 2, 3)).astype(np.float32)
+        payload, headers = encode_infer_response("m", req, {"logits": logits, "theta": theta})
+        n = int(headers[HEADER_LENGTH])
+        doc = json.loads(payload[:n])
+        assert doc.get("id") == request_id
+        assert [(o["shape"], o["parameters"]["binary_data_size"]) for o in doc["outputs"]] == [
+            ([batch, 10], batch * 40), ([batch, 2, 3], batch * 24)
+        ]
+        got = np.frombuffer(payload[n:], np.float32)
+        np.testing.assert_array_equal(got, np.concatenate([logits.ravel(), theta.ravel()]))

@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "trt-check")
     args = parser.parse_args(argv)
-    from stn_deploy.export.engine import trt_available
+    from stn_deploy.export.engine_demo import trt_available
 
     ok, why = trt_available()
     if not ok:

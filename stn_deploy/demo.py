@@ -180,7 +180,7 @@ def step_figure(state: DemoState) -> str:
 
 
 def step_tensorrt(state: DemoState) -> str:
-    from stn_deploy.export.engine import demo_trt_step, trt_available
+    from stn_deploy.export.engine_demo import demo_trt_step, trt_available
 
     ok, why = trt_available()
     if not ok:

@@ -18,14 +18,13 @@ from stn_deploy.export import engine as engine_mod
 from stn_deploy.export.engine import (
     EngineBuildError,
     build_engine,
-    demo_trt_step,
     format_parser_errors,
     inspect_onnx,
     plan_precision,
     resolve_batch_profile,
-    trt_available,
 )
 from stn_deploy.export.engine_commands import build_options, register
+from stn_deploy.export.engine_demo import demo_trt_step, trt_available
 from stn_deploy.runtime import cuda_util, engine_meta
 from stn_deploy.runtime.cuda_util import DeviceInfo
 from stn_deploy.runtime.engine_meta import BatchProfile

@@ -6,13 +6,11 @@ Compares three things on the same machine and model:
 2. the server with dynamic batching (``--max-batch 64 --max-delay-ms 2``);
 3. the same server with batching off (``--max-batch 1 --max-delay-ms 0``: one request, one call).
 
-Each server runs in its own process (``stn-deploy serve``), the client in this one. The client
-is deliberately cheap, because on a 2-core box it competes with the server for the CPU: it
-prebuilds every request body in Triton's binary tensor format, keeps one HTTP/1.1 keep-alive
-connection per concurrent stream, and parses only the status line, two headers and the binary
-logits. Every response is checked against its own request (logits within 1e-4 of a local ONNX
-Runtime run on that input, same top-1) once the level's timed window has closed, so the check
-does not take CPU from the server; any error or mismatch fails the run.
+Each server runs in its own process (``stn-deploy serve``), the client
+(:mod:`stn_deploy.load_client`) in this one. Every response is checked against its own request
+(logits within 1e-4 of a local ONNX Runtime run on that input, same top-1) once the level's
+timed window has closed, so the check does not take CPU from the server; any error or mismatch
+fails the run.
 
     .venv/bin/python bench/load_bench.py [MODEL.onnx|CKPT_DIR] [--out bench/results/x.json]
     .venv/bin/python bench/load_bench.py MODEL --server 127.0.0.1:8000 --name NAME
@@ -24,7 +22,6 @@ checkpoint exists, a randomly initialised tutorial STN (same architecture, same 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import json
@@ -38,31 +35,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from stn_deploy.runtime.protocol import encode_infer_request
+from stn_deploy.load_client import (
+    LevelResult,
+    build_requests,
+    own_cpu_s,
+    run,
+    run_level,
+)
 from stn_deploy.serve import default_ort_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
 TARGET_CONCURRENCY = 64
-
-
-@dataclass
-class LevelResult:
-    concurrency: int
-    requests: int
-    errors: int
-    mismatches: int
-    seconds: float
-    throughput: float  # samples per second (requests x samples per request)
-    p50_ms: float
-    p99_ms: float
-    client_cpu_ms_per_request: float = 0.0
-    server_cpu_ms_per_request: float | None = None  # only when the server is our subprocess
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -82,12 +71,6 @@ def bench_model(model: str | None, workdir: Path) -> Path:
     out = workdir / "tutorial-random.onnx"
     export_module(build_model("tutorial"), (1, 28, 28), out)
     return out
-
-
-def _ort(path: Path, threads: int | None):
-    from stn_deploy.runtime.ort import OrtSession
-
-    return OrtSession(path, threads=threads).open()
 
 
 def raw_session_best(path: Path, seconds: float = 1.0) -> dict:
@@ -110,12 +93,12 @@ def raw_session_best(path: Path, seconds: float = 1.0) -> dict:
             for batch in (1, 16, 64, 256):
                 x = np.random.default_rng(batch).random((batch, *shape), dtype=np.float32)
                 sess.infer({"input": x})
-                n, start, cpu0 = 0, time.perf_counter(), _own_cpu_s()
+                n, start, cpu0 = 0, time.perf_counter(), own_cpu_s()
                 while time.perf_counter() - start < seconds:
                     sess.infer({"input": x})
                     n += 1
                 rate = n * batch / (time.perf_counter() - start)
-                cpu_us = (_own_cpu_s() - cpu0) * 1e6 / (n * batch)
+                cpu_us = (own_cpu_s() - cpu0) * 1e6 / (n * batch)
                 runs.append(
                     {
                         "threads": threads or os.cpu_count(),
@@ -128,125 +111,6 @@ def raw_session_best(path: Path, seconds: float = 1.0) -> dict:
             sess.close()
     best = max(runs, key=lambda r: r["throughput"])
     return {"runs": runs, "best": best, "best_throughput": best["throughput"]}
-
-
-# -- requests -------------------------------------------------------------------------------------
-def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samples: int = 1):
-    """n prebuilt HTTP requests (binary tensors, ``samples`` each) and the logits each must get."""
-    sess = _ort(path, None)
-    shape = [d if isinstance(d, int) else 1 for d in sess.inputs[0].shape[1:]]
-    rng = np.random.default_rng(seed)
-    xs = rng.random((n, samples, *shape), dtype=np.float32)
-    expected = [sess.infer({"input": x})["logits"] for x in xs]
-    sess.close()
-    requests = []
-    for x in xs:
-        body, headers = encode_infer_request({"input": x})
-        head = (
-            f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {host}\r\n"
-            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            + f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        requests.append(head + body)
-    return requests, expected
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, int | None]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers[key.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    header_len = headers.get("inference-header-content-length")
-    return status, body, int(header_len) if header_len else None
-
-
-def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
-    if header_len is None:
-        return False
-    got = np.frombuffer(body, np.float32, offset=header_len).reshape(expected.shape)
-    # |got - expected| <= 1e-4 * (1 + |expected|): np.allclose's rule at a fraction of its cost
-    return (
-        bool((np.abs(got - expected) <= 1e-4 * (1 + np.abs(expected))).all())
-        and (got.argmax(axis=1) == expected.argmax(axis=1)).all()
-    )
-
-
-def _proc_cpu_s(pid: int | None) -> float | None:
-    """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-async def run_level(
-    host: str,
-    port: int,
-    requests,
-    expected,
-    concurrency: int,
-    max_requests: int,
-    max_seconds: float,
-    pid: int | None = None,
-    samples: int = 1,
-    check: bool = True,
-) -> LevelResult:
-    """``concurrency`` keep-alive connections, each sending its next request when answered."""
-    latencies: list[float] = []
-    answers: list[tuple[int, bytes, int | None]] = []  # (request index, body, header length)
-    counters = {"next": 0, "errors": 0, "mismatches": 0}
-    stop_at = time.perf_counter() + max_seconds
-
-    async def stream() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while counters["next"] < max_requests and time.perf_counter() < stop_at:
-                i = counters["next"]
-                counters["next"] += 1
-                k = i % len(requests)
-                t0 = time.perf_counter()
-                writer.write(requests[k])
-                status, body, header_len = await _read_response(reader)
-                latencies.append(time.perf_counter() - t0)
-                if status != 200:
-                    counters["errors"] += 1
-                elif check:
-                    answers.append((k, body, header_len))
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    start, cpu0, server0 = time.perf_counter(), _own_cpu_s(), _proc_cpu_s(pid)
-    await asyncio.gather(*(stream() for _ in range(concurrency)))
-    seconds = time.perf_counter() - start
-    cpu, server1 = _own_cpu_s() - cpu0, _proc_cpu_s(pid)
-    # Every answer is checked, after the timed window: on a 2-core box the check's CPU would
-    # otherwise be taken from the server under test (about 30 µs per request).
-    counters["mismatches"] = sum(not _check(b, h, expected[k]) for k, b, h in answers)
-    n = max(1, len(latencies))
-    server_ms = None if server1 is None else round((server1 - server0) * 1000 / n, 4)
-    lat = np.asarray(latencies) * 1000
-    return LevelResult(
-        concurrency=concurrency, requests=len(latencies), errors=counters["errors"],
-        mismatches=counters["mismatches"], seconds=round(seconds, 3),
-        throughput=round(len(latencies) * samples / seconds, 1),
-        p50_ms=round(float(np.percentile(lat, 50)), 3),
-        p99_ms=round(float(np.percentile(lat, 99)), 3),
-        client_cpu_ms_per_request=round(cpu * 1000 / n, 4), server_cpu_ms_per_request=server_ms,
-    )  # fmt: skip
 
 
 # -- servers --------------------------------------------------------------------------------------
@@ -327,16 +191,6 @@ def _metrics(host: str, port: int) -> dict:
     }
 
 
-def _run(coro):
-    """asyncio.run on uvloop when installed: the client's own overhead competes for the CPU."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def bench_server(
     host: str,
     port: int,
@@ -350,9 +204,9 @@ def bench_server(
     check: bool = True,
 ) -> list[LevelResult]:
     results = []
-    _run(run_level(host, port, requests, expected, 8, 200, 2.0, check=check))  # warm-up
+    run(run_level(host, port, requests, expected, 8, 200, 2.0, check=check))  # warm-up
     for c in levels:
-        r = _run(
+        r = run(
             run_level(
                 host, port, requests, expected, c, max_requests, max_seconds, pid, samples, check
             )
@@ -498,14 +352,14 @@ def _raw_rate(path: Path, best: dict, seconds: float) -> float:
         shape = [d if isinstance(d, int) else 1 for d in sess.inputs[0].shape[1:]]
         x = np.random.default_rng(0).random((best["batch"], *shape), dtype=np.float32)
         sess.infer({"input": x})
-        n, start, cpu0 = 0, time.perf_counter(), _own_cpu_s()
+        n, start, cpu0 = 0, time.perf_counter(), own_cpu_s()
         while time.perf_counter() - start < seconds:
             sess.infer({"input": x})
             n += 1
         samples = n * best["batch"]
         return {
             "throughput": round(samples / (time.perf_counter() - start), 1),
-            "cpu_us_per_sample": round((_own_cpu_s() - cpu0) * 1e6 / samples, 1),
+            "cpu_us_per_sample": round((own_cpu_s() - cpu0) * 1e6 / samples, 1),
         }
 
 
@@ -523,7 +377,7 @@ def _interleaved_rounds(
         out["raw_session"].append(_raw_rate(path, best, min(max_seconds, 2.0)))
         for label in ("batched", "per_request", "http_floor"):
             host, port, proc = servers[label]
-            r = _run(
+            r = run(
                 run_level(
                     host,
                     port,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stn_deploy import load_client
 from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
 from stn_deploy.runtime.ort import OrtSession
 
@@ -23,16 +24,19 @@ def _load_bench():
 
 
 def test_client_checks_each_response_against_its_request(toy_onnx):
-    lb = _load_bench()
-    requests, expected = lb.build_requests(toy_onnx, "toy-stn", "127.0.0.1", 16, samples=2)
+    requests, expected = load_client.build_requests(toy_onnx, "toy-stn", "127.0.0.1", 16, samples=2)
     wrong = [e + 1.0 for e in expected]  # every answer off by one
     with (
         OrtSession(toy_onnx, threads=1) as sess,
         ServerThread(ServedModel("toy-stn", sess), ServerConfig(port=0, max_batch=8)) as srv,
     ):
         host, port = srv.url.split(":")
-        good = lb._run(lb.run_level(host, int(port), requests, expected, 4, 40, 10.0, samples=2))
-        bad = lb._run(lb.run_level(host, int(port), requests, wrong, 2, 10, 10.0, samples=2))
+        good = load_client.run(
+            load_client.run_level(host, int(port), requests, expected, 4, 40, 10.0, samples=2)
+        )
+        bad = load_client.run(
+            load_client.run_level(host, int(port), requests, wrong, 2, 10, 10.0, samples=2)
+        )
     assert (good.requests, good.errors, good.mismatches) == (40, 0, 0)
     assert good.throughput > 0 and good.p50_ms <= good.p99_ms
     assert (bad.requests, bad.errors, bad.mismatches) == (10, 0, 10)

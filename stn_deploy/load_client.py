@@ -1,0 +1,167 @@
+"""A lean KServe v2 load client: prebuilt binary requests over keep-alive HTTP/1.1 connections.
+
+``bench/load_bench.py`` drives it against ``stn-deploy serve``; it also works against Triton or
+any server speaking the Open Inference Protocol with binary tensors. It is deliberately cheap,
+because on a small box it competes with the server for the CPU: every request body is built
+before the clock starts, only the status line, two headers and the binary logits are parsed, and
+every answer is checked against its own request after the timed window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stn_deploy.runtime.protocol import encode_infer_request
+
+__all__ = ["LevelResult", "build_requests", "run_level", "run", "process_cpu_s", "own_cpu_s"]
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    mismatches: int
+    seconds: float
+    throughput: float  # samples per second (requests x samples per request)
+    p50_ms: float
+    p99_ms: float
+    client_cpu_ms_per_request: float = 0.0
+    server_cpu_ms_per_request: float | None = None  # only when the server is our subprocess
+
+
+def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samples: int = 1):
+    """n prebuilt HTTP requests (binary tensors, ``samples`` each) and the logits each must get."""
+    from stn_deploy.runtime.ort import OrtSession
+
+    sess = OrtSession(path).open()
+    shape = [d if isinstance(d, int) else 1 for d in sess.inputs[0].shape[1:]]
+    rng = np.random.default_rng(seed)
+    xs = rng.random((n, samples, *shape), dtype=np.float32)
+    expected = [sess.infer({"input": x})["logits"] for x in xs]
+    sess.close()
+    requests = []
+    for x in xs:
+        body, headers = encode_infer_request({"input": x})
+        head = (
+            f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {host}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests, expected
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, int | None]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    header_len = headers.get("inference-header-content-length")
+    return status, body, int(header_len) if header_len else None
+
+
+def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
+    if header_len is None:
+        return False
+    got = np.frombuffer(body, np.float32, offset=header_len).reshape(expected.shape)
+    # |got - expected| <= 1e-4 * (1 + |expected|): np.allclose's rule at a fraction of its cost
+    return (
+        bool((np.abs(got - expected) <= 1e-4 * (1 + np.abs(expected))).all())
+        and (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+    )
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def run_level(
+    host: str,
+    port: int,
+    requests,
+    expected,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    pid: int | None = None,
+    samples: int = 1,
+    check: bool = True,
+) -> LevelResult:
+    """``concurrency`` keep-alive connections, each sending its next request when answered."""
+    latencies: list[float] = []
+    answers: list[tuple[int, bytes, int | None]] = []  # (request index, body, header length)
+    counters = {"next": 0, "errors": 0, "mismatches": 0}
+    stop_at = time.perf_counter() + max_seconds
+
+    async def stream() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while counters["next"] < max_requests and time.perf_counter() < stop_at:
+                i = counters["next"]
+                counters["next"] += 1
+                k = i % len(requests)
+                t0 = time.perf_counter()
+                writer.write(requests[k])
+                status, body, header_len = await _read_response(reader)
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    counters["errors"] += 1
+                elif check:
+                    answers.append((k, body, header_len))
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    start, cpu0, server0 = time.perf_counter(), own_cpu_s(), process_cpu_s(pid)
+    await asyncio.gather(*(stream() for _ in range(concurrency)))
+    seconds = time.perf_counter() - start
+    cpu, server1 = own_cpu_s() - cpu0, process_cpu_s(pid)
+    # Every answer is checked, after the timed window: on a 2-core box the check's CPU would
+    # otherwise be taken from the server under test (about 30 µs per request).
+    counters["mismatches"] = sum(not _check(b, h, expected[k]) for k, b, h in answers)
+    n = max(1, len(latencies))
+    server_ms = None if server1 is None else round((server1 - server0) * 1000 / n, 4)
+    lat = np.asarray(latencies) * 1000
+    return LevelResult(
+        concurrency=concurrency, requests=len(latencies), errors=counters["errors"],
+        mismatches=counters["mismatches"], seconds=round(seconds, 3),
+        throughput=round(len(latencies) * samples / seconds, 1),
+        p50_ms=round(float(np.percentile(lat, 50)), 3),
+        p99_ms=round(float(np.percentile(lat, 99)), 3),
+        client_cpu_ms_per_request=round(cpu * 1000 / n, 4), server_cpu_ms_per_request=server_ms,
+    )  # fmt: skip
+
+
+def run(coro):
+    """asyncio.run on uvloop when installed: the client's own overhead competes for the CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)

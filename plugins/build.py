@@ -15,13 +15,15 @@ from pathlib import Path
 
 from stn_deploy.plugins.errors import PluginBuildError
 
-__all__ = ["DEFAULT_ARCHS", "DEFAULT_BUILD_DIR", "PLUGIN_LIBRARY", "BuildResult", "build",
-           "tensorrt_version"]
+__all__ = ["DEFAULT_ARCHS", "DEFAULT_BUILD_DIR", "PLUGIN_LIBRARY", "AUTOLOAD_LIBRARY",
+           "BuildResult", "build", "tensorrt_version"]
 
 PLUGINS_DIR = Path(__file__).resolve().parent
 DEFAULT_BUILD_DIR = PLUGINS_DIR / "build"
 DEFAULT_ARCHS = ("75", "80", "86", "89", "90")
 PLUGIN_LIBRARY = "libstn_gridsample_plugin.so"
+# Registers the plugin's creators when merely dlopen()ed (Triton's `plugins=` backend option).
+AUTOLOAD_LIBRARY = "libstn_gridsample_plugin_autoload.so"
 KERNELS_LIBRARY = "libstn_gridsample_kernels.a"
 CPU_LIBRARY = "libstn_gridsample_cpu.so"
 
@@ -37,6 +39,7 @@ class BuildResult:
     archs: tuple[str, ...]
     tensorrt_version: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    autoload: Path | None = None  # built with the plugin
 
     def summary(self) -> str:
         parts = [f"cpu: {self.cpu_library.name}"]
@@ -44,6 +47,8 @@ class BuildResult:
                      else "kernels: skipped (no nvcc)")
         parts.append(f"plugin: {self.plugin.name} (TensorRT {self.tensorrt_version} headers)"
                      if self.plugin else "plugin: skipped (no TensorRT headers)")
+        if self.autoload:
+            parts.append(f"autoload: {self.autoload.name}")
         return "; ".join(parts)
 
 
@@ -108,6 +113,7 @@ def build(
                   if line.startswith("-- stn: "))
     match = re.search(r"stn: TensorRT ([\d.]+) headers in (\S+)", configure_log)
     plugin = out / PLUGIN_LIBRARY
+    autoload = out / AUTOLOAD_LIBRARY
     kernels = out / KERNELS_LIBRARY
     cpu = out / CPU_LIBRARY
     if not cpu.is_file():
@@ -120,4 +126,5 @@ def build(
         archs=arch_list,
         tensorrt_version=match.group(1) if match else None,
         notes=notes,
+        autoload=autoload if match and autoload.is_file() else None,
     )

@@ -38,13 +38,16 @@ def _build(args: argparse.Namespace) -> int:
     if result.plugin:
         print(f"load it with: trtexec --dynamicPlugins={result.plugin} ... or "
               f"trt.get_plugin_registry().load_library('{result.plugin}')")
+    if result.autoload:
+        print(f"Triton autoload:  {result.autoload} "
+              f"(tritonserver --backend-config=tensorrt,plugins={result.autoload})")
     print(f"built: {result.summary()}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from stn_deploy.plugins import names
-    from stn_deploy.plugins.build import DEFAULT_BUILD_DIR, PLUGIN_LIBRARY
+    from stn_deploy.plugins.build import AUTOLOAD_LIBRARY, DEFAULT_BUILD_DIR, PLUGIN_LIBRARY
     from stn_deploy.plugins.cpu import SOURCE_DIR, cpu_cache_dir
 
     print(f"namespace {names.PLUGIN_NAMESPACE!r}, version {names.PLUGIN_VERSION!r}, "
@@ -55,6 +58,8 @@ def _info(args: argparse.Namespace) -> int:
     plugin = DEFAULT_BUILD_DIR / PLUGIN_LIBRARY
     built = plugin if plugin.is_file() else "not built: stn-deploy plugins build"
     print(f"TensorRT plugin:  {built}")
+    autoload = DEFAULT_BUILD_DIR / AUTOLOAD_LIBRARY
+    print(f"Triton autoload:  {autoload if autoload.is_file() else 'built with the plugin'}")
     cached = sorted(cpu_cache_dir().glob("libstn_gridsample_cpu-*.so"))
     print(f"CPU library:      {cached[-1] if cached else 'built on first use (needs g++)'}")
     return 0

@@ -4,8 +4,8 @@ Layout (Triton ignores non-numeric folders inside a model folder, so the plugin 
 
     OUT/NAME/config.pbtxt
     OUT/NAME/1/model.onnx           (onnxruntime_onnx)   or   OUT/NAME/1/model.plan (tensorrt_plan)
-    OUT/NAME/plugins/libstn*.so     (only with a plugin library)
-    OUT/NAME/README.md              how to start tritonserver (LD_PRELOAD for the plugin)
+    OUT/NAME/plugins/libstn*.so     (only with a plugin library: it and its autoload companion)
+    OUT/NAME/README.md              how to start tritonserver (with --backend-config plugins=)
 
 The same KServe v2 endpoints and tensor names as ``stn-deploy serve``, so clients do not change.
 """
@@ -126,15 +126,17 @@ def _readme(config: TritonRepoConfig, repo: Path, plugin: str | None) -> str:
         "```",
     ]
     if plugin:
+        autoload = repo / config.name / "plugins" / plugin
         lines += [
-            f"LD_PRELOAD={repo / config.name / 'plugins' / plugin} {start}",
+            f'{start} \\\n    --backend-config=tensorrt,plugins="{autoload}"',
             "```",
             "",
-            "The engine uses the stn GridSample plugin. Triton loads plugin libraries only when "
-            "they are preloaded (triton-inference-server/server#4365), or, with a TensorRT backend "
-            "that supports it, via "
-            f'`--backend-config=tensorrt,plugins="{repo / config.name / "plugins" / plugin}"`. '
-            "In a container, mount the repository and set LD_PRELOAD to the path inside it.",
+            "The engine uses the stn GridSample plugin. Triton's TensorRT backend dlopen()s each "
+            f"library in `plugins=`; `{plugin}` then registers the plugin's creators with the "
+            "TensorRT already in the process (the plugin library next to it, which it links, "
+            "holds the kernels). In a container, mount the repository and use the path inside "
+            "it. `LD_PRELOAD` does not work: it runs before TensorRT is loaded, and the library "
+            "says so on stderr.",
         ]
     else:
         lines += [start, "```"]
@@ -175,15 +177,21 @@ def write_triton_repo(
     written = [model_dir / "config.pbtxt", model_dir / "1" / _FILES[config.backend]]
     written[0].write_text(config_pbtxt(config, inputs, outputs))
     shutil.copyfile(model_file, written[1])
-    plugin_name = None
+    autoload_name = None
     if plugin_lib is not None:
         lib = Path(plugin_lib)
-        if not lib.is_file():
-            raise SessionError(f"plugin library {lib} does not exist; stn-deploy plugins build")
+        autoload = lib.with_name(f"{lib.stem}_autoload{lib.suffix}")
+        for path in (lib, autoload):
+            if not path.is_file():
+                raise SessionError(
+                    f"{path} does not exist; Triton needs the plugin library and its autoload "
+                    "companion side by side: stn-deploy plugins build (builds both)"
+                )
         (model_dir / "plugins").mkdir(exist_ok=True)
-        plugin_name = lib.name
-        written.append(model_dir / "plugins" / plugin_name)
-        shutil.copyfile(lib, written[-1])
+        for path in (lib, autoload):
+            written.append(model_dir / "plugins" / path.name)
+            shutil.copyfile(path, written[-1])
+        autoload_name = autoload.name
     written.append(model_dir / "README.md")
-    written[-1].write_text(_readme(config, repo, plugin_name))
+    written[-1].write_text(_readme(config, repo, autoload_name))
     return written

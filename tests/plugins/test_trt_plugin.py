@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,58 @@ def test_plugin_library_contract(plugin_library, tmp_path):
             label, rejected, logged, message = entry.split(" ", 3)
             assert (rejected, logged) == ("1", "1"), entry
             assert op_type in message, entry
+
+
+_AUTOLOAD_DRIVER = """
+import ctypes, os, shutil, sys
+fake, autoload, mode = sys.argv[1:4]
+local = os.RTLD_NOW | os.RTLD_LOCAL  # what Triton's `plugins=` option does
+if mode != "no-tensorrt":
+    ctypes.CDLL(fake, mode=local)  # TensorRT first, loaded locally as a backend's dependency
+ctypes.CDLL(autoload, mode=local)
+if mode == "twice":  # a second copy: its creators are already registered
+    copy = os.path.join(os.path.dirname(fake), "copy.so")
+    shutil.copy(autoload, copy)
+    ctypes.CDLL(copy, mode=local)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["once", "twice", "no-tensorrt"])
+def test_autoload_library_registers_with_the_tensorrt_already_loaded(plugin_library, tmp_path,
+                                                                     mode):
+    result, include = plugin_library
+    assert result.autoload is not None and result.autoload.is_file()
+    needed = subprocess.run(["readelf", "-d", str(result.autoload)], capture_output=True,
+                            text=True).stdout
+    assert "[libstn_gridsample_plugin.so]" in needed and "$ORIGIN" in needed
+    assert "libnvinfer" not in needed  # finds the host's TensorRT, never loads its own
+    cuda = _cuda_include()
+    if cuda is None:
+        pytest.skip("cuda_runtime_api.h not found (set CUDA_HOME)")
+    soname = f"libnvinfer.so.{result.tensorrt_version.split('.')[0]}"
+    fake = tmp_path / soname
+    subprocess.run(["g++", "-std=c++17", "-shared", "-fPIC", "-Wno-deprecated-declarations",
+                    "-isystem", str(include), "-isystem", str(cuda), f"-Wl,-soname,{soname}",
+                    str(HERE / "fakeNvinfer.cpp"), "-o", str(fake)],
+                   check=True, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _AUTOLOAD_DRIVER, str(fake), str(result.autoload),
+                           mode], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "done"
+    ops = ", ".join(names.OP_TYPES)
+    registered = [f"register {op} {names.PLUGIN_VERSION} {names.PLUGIN_NAMESPACE} ok"
+                  for op in names.OP_TYPES]
+    info = (f"log 3 stn autoload: registered {ops} (namespace {names.PLUGIN_NAMESPACE}, "
+            f"version {names.PLUGIN_VERSION})")
+    if mode == "once":
+        assert lines == [*registered, info, "done"]
+    elif mode == "twice":
+        refused = [line.replace(" ok", " refused") for line in registered]
+        assert lines[:4] == [*registered, info]
+        assert lines[4:7] == refused
+        assert lines[7].startswith(f"log 2 stn autoload: the registry refused {ops} (already")
+    else:
+        assert lines == ["done"]
+        assert "TensorRT (libnvinfer) is not loaded in this process" in proc.stderr

@@ -55,25 +55,29 @@ def test_onnxruntime_repo_via_cli(toy_onnx, tmp_path, capsys):
     assert str(model_dir / "config.pbtxt") in capsys.readouterr().out
 
 
-def test_tensorrt_repo_ships_plugin_with_ld_preload_instructions(toy_onnx, tmp_path):
+def test_tensorrt_repo_ships_plugin_and_autoload_with_backend_config(toy_onnx, tmp_path):
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"serialized engine bytes")
     plugin = tmp_path / "libstn_plugins.so"
     plugin.write_bytes(b"\x7fELF fake")
     cfg = TritonRepoConfig(name="tutorial-R", backend="tensorrt", max_batch=64)
-    written = write_triton_repo(
-        tmp_path / "repo", cfg, onnx_path=toy_onnx, engine_path=engine, plugin_lib=plugin
-    )
+    kwargs = dict(onnx_path=toy_onnx, engine_path=engine, plugin_lib=plugin)
+    with pytest.raises(SessionError, match="libstn_plugins_autoload.so does not exist; Triton"):
+        write_triton_repo(tmp_path / "repo", cfg, **kwargs)
+    (tmp_path / "libstn_plugins_autoload.so").write_bytes(b"\x7fELF autoload")
+    written = write_triton_repo(tmp_path / "repo", cfg, **kwargs)
     model_dir = tmp_path / "repo" / "tutorial-R"
     assert (model_dir / "1" / "model.plan").read_bytes() == b"serialized engine bytes"
     assert (model_dir / "plugins" / "libstn_plugins.so").read_bytes() == b"\x7fELF fake"
+    autoload = model_dir / "plugins" / "libstn_plugins_autoload.so"
+    assert autoload.read_bytes() == b"\x7fELF autoload"
     parsed, pb2 = _parse(model_dir / "config.pbtxt")
     assert parsed.platform == "tensorrt_plan"
     assert parsed.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
     readme = (model_dir / "README.md").read_text()
-    assert f"LD_PRELOAD={model_dir / 'plugins' / 'libstn_plugins.so'} tritonserver" in readme
-    assert "server#4365" in readme
-    assert set(written) >= {model_dir / "config.pbtxt", model_dir / "README.md"}
+    assert f'--backend-config=tensorrt,plugins="{autoload}"' in readme
+    assert "`LD_PRELOAD` does not work" in readme
+    assert set(written) >= {model_dir / "config.pbtxt", model_dir / "README.md", autoload}
 
 
 def test_onnx_specs_reads_dynamic_batch(toy_onnx):

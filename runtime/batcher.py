@@ -15,6 +15,8 @@ Rules the tests pin down:
   (so a TensorRT profile's maximum is never exceeded); the chunks queue like any request and
   the caller gets one concatenated answer, or the first chunk's error.
 - A backend failure fails only the requests of that batch; the worker carries on.
+- With ``reject_non_finite``, a request holding NaN/Inf fails alone with :class:`InputError`;
+  one vectorised check per batch, per-request checks only when it finds something.
 - The queue is bounded in samples: a request that does not fit raises :class:`QueueFullError`
   at once (the server answers 503 + Retry-After) instead of growing memory.
 - A request whose deadline passes while queued fails with :class:`DeadlineExceededError`
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stn_deploy.runtime.session import Session, SessionError
+from stn_deploy.runtime.session import InputError, Session, SessionError, non_finite_message
 
 __all__ = [
     "BatcherConfig",
@@ -84,6 +86,9 @@ class BatcherConfig:
     # Send a partial batch at once when no request is on its way in (see ``incoming``): the
     # delay only pays when someone else is about to join the batch.
     dispatch_when_idle: bool = False
+    # Fail requests holding NaN/Inf with InputError, checked once per batch in the worker (off
+    # the caller's thread); the rest of the batch runs.
+    reject_non_finite: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
@@ -378,11 +383,14 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         start = time.monotonic()
-        names = batch[0].feeds.keys()
-        if len(batch) == 1:
-            feeds = batch[0].feeds
-        else:
-            feeds = {n: np.concatenate([it.feeds[n] for it in batch]) for n in names}
+        feeds = _concatenate(batch)
+        if self.config.reject_non_finite and any(
+            non_finite_message(n, v) for n, v in feeds.items()
+        ):
+            batch = self._reject_non_finite(batch)
+            if not batch:
+                return
+            feeds = _concatenate(batch)
         total = sum(it.rows for it in batch)
         failed = False
         try:
@@ -407,3 +415,23 @@ class DynamicBatcher:
             self.observer.on_batch(
                 total, [start - it.enqueued for it in batch], time.monotonic() - start, failed
             )
+
+    @staticmethod
+    def _reject_non_finite(batch: list[_Item]) -> list[_Item]:
+        """Fail the requests holding NaN/Inf (each alone, 400 at the HTTP layer); keep the rest."""
+        keep, failed = [], []
+        for it in batch:
+            message = next(filter(None, (non_finite_message(n, v) for n, v in it.feeds.items())),
+                           None)  # fmt: skip
+            if message is None:
+                keep.append(it)
+            else:
+                failed.append((it, InputError(message)))
+        _settle(failed)
+        return keep
+
+
+def _concatenate(batch: list[_Item]) -> dict[str, np.ndarray]:
+    if len(batch) == 1:
+        return batch[0].feeds
+    return {n: np.concatenate([it.feeds[n] for it in batch]) for n in batch[0].feeds}

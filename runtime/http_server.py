@@ -82,7 +82,11 @@ class ServerConfig:
 
     def batcher_config(self) -> BatcherConfig:
         return BatcherConfig(
-            self.max_batch, self.max_delay_ms, self.max_queue, dispatch_when_idle=True
+            self.max_batch,
+            self.max_delay_ms,
+            self.max_queue,
+            dispatch_when_idle=True,
+            reject_non_finite=True,
         )
 
 
@@ -117,6 +121,10 @@ class _Endpoints:
             model.session.inputs,
             model.session.output_names,
             max_batch_size=config.max_request_batch,
+            # NaN/Inf: checked once per batch by the batcher's worker. numpy releases the GIL
+            # for that check, and on the event loop each release costs a wait for the GIL
+            # (measured in-process at concurrency 64: ~25 µs per request).
+            check_finite=False,
         )
         self.metadata = model_metadata(
             model.name,

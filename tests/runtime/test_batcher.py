@@ -126,6 +126,44 @@ def test_backend_failure_fails_only_its_own_batch(rng):
     assert sess.batches == [1, 2, 2, 2]
 
 
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_request_fails_alone_and_the_rest_of_its_batch_runs(rng, bad_value):
+    gate = threading.Event()
+    sess = _Recorder(gate=gate).open()
+    cfg = BatcherConfig(max_batch=8, max_delay_ms=0, reject_non_finite=True)
+    with DynamicBatcher(sess, cfg) as b:
+        blocker = b.submit({"input": _x(rng, 1)})
+        time.sleep(0.05)  # the next five queue up behind it and become one batch
+        goods = [_x(rng, n) for n in (2, 1)]
+        bad = _x(rng, 3)
+        bad[2, 1] = bad_value
+        futures = [b.submit({"input": goods[0]}), b.submit({"input": bad}),
+                   b.submit({"input": goods[1]})]  # fmt: skip
+        big = _x(rng, 11)  # chunked 8 + 3: a bad chunk fails the whole request
+        big[9, 0] = bad_value
+        chunked = b.submit({"input": big})
+        gate.set()
+        blocker.result(5)
+        np.testing.assert_array_equal(futures[0].result(5)["logits"], goods[0] * 3)
+        np.testing.assert_array_equal(futures[2].result(5)["logits"], goods[1] * 3)
+        with pytest.raises(InputError, match=r"1 NaN/Inf values \(first at flat index 5\)"):
+            futures[1].result(5)
+        with pytest.raises(InputError, match=r"first at flat index 2\)"):
+            chunked.result(5)
+    # the blocker; the good 2 + 1 rows of [good, bad, good]; the clean first chunk (8 rows);
+    # the bad request and the bad second chunk never reach the session
+    assert sess.batches == [1, 3, 8]
+
+
+def test_non_finite_values_pass_through_unless_asked(rng):
+    sess = _Recorder().open()
+    x = _x(rng, 2)
+    x[0, 0] = np.nan
+    with DynamicBatcher(sess, BatcherConfig(max_batch=4, max_delay_ms=0)) as b:
+        out = b.infer({"input": x})
+    assert np.isnan(out["logits"][0, 0]) and np.isfinite(out["logits"][1]).all()
+
+
 def test_bad_request_is_rejected_at_submit_and_never_batched(rng):
     sess = _Recorder().open()
     with DynamicBatcher(sess) as b:

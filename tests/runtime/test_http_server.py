@@ -155,6 +155,9 @@ async def _load_with_bad_requests(url, session, rng):
     bad = [*BAD_REQUESTS, (truncated[:-7], trunc_headers, 400, "truncated binary payload")]
     big, big_headers = _binary_body(_x(rng, 33))
     bad.append((big, big_headers, 413, "33 samples exceeds this server's limit of 32"))
+    inf = _x(rng, 3)
+    inf[2, 0, 1, 5] = np.inf  # binary: checked by the batcher's worker, fails alone
+    bad.append((*_binary_body(inf), 400, "1 NaN/Inf values (first at flat index 141)"))
     results: dict[int, np.ndarray] = {}
     bad_seen: list[tuple[int, int, str]] = []
 

@@ -32,7 +32,7 @@ def test_header_matches_python_names():
 
 def test_creator_field_lists_match_python_fields():
     """The creators' getFieldNames() lists, as written in the plugin source, match FIELDS."""
-    source = (SOURCE_DIR / "gridSamplePlugin.cpp").read_text()
+    source = (SOURCE_DIR / "gridSamplePluginCreator.cpp").read_text()
     lists = dict(re.findall(r"// fields of (\w+)\n[^{]*\{([^}]*)\}", source))
     cpp = {k: v for k, v in cpp_names().items() if k.startswith("kATTR_")}
     for op_type, fields in names.FIELDS.items():

@@ -43,6 +43,9 @@ def register(sub) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="use the first N test samples")
     p.add_argument("--samples", type=int, default=64, help="random inputs for --module")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of the --module random inputs (default: fresh)"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON last")
     p.set_defaults(func=_verify)
 
@@ -98,7 +101,7 @@ def _verify(args) -> int:
     if loaded is not None and loaded.dataset:
         inputs, labels = load_test_split(loaded.dataset, loaded.distortion, args.limit)
     else:
-        inputs = random_inputs(shape, args.samples)
+        inputs = random_inputs(shape, args.samples, seed=args.seed)
     options = {"plugin_lib": args.plugin_lib} if args.backend == "trt" and args.plugin_lib else {}
     results = []
     for path in args.onnx:

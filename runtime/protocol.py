@@ -192,8 +192,8 @@ def _wrap(
 
     The JSON header's length decides the offset. The copy is ``bytes()``, which holds the GIL:
     numpy's own copy releases it for arrays this size, and on the server's event loop every
-    release lets the batching thread in and costs a wait to get the GIL back (measured: ~10 µs
-    per request, in-process at concurrency 64).
+    release lets the batching thread in and costs a wait to get the GIL back (measured: 20 µs
+    per request, in-process at concurrency 64; bench/profile_server.py).
     """
     array = np.frombuffer(binary, dtype, math.prod(shape), offset)
     if not array.flags.aligned:

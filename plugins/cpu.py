@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
-_SOURCES = ("cpuGridSample.cpp", "gridSampleMath.h")
+_SOURCES = ("cpuGridSample.cpp", "gridSampleMath.h", "gridSampleHwc8.h")
 _ABI_VERSION = 1
 # -ffp-contract=off: no FMA contraction, so the host rounds like the kernels' explicit code.
 _FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra")

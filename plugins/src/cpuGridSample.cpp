@@ -1,11 +1,11 @@
 /*
  * CPU build of the GridSample kernels: the same __host__ __device__ functions as
- * gridSampleKernel.cu (gridSampleMath.h), looped over pixels on the host and exposed through a
+ * gridSampleKernel.cu (gridSampleMath.h, gridSampleHwc8.h), looped over pixels on the host and exposed through a
  * C ABI for ctypes (stn_deploy.plugins.cpu) and the ONNX Runtime custom ops. fp32 storage; fp16
  * storage is handled by the caller (load half -> float exactly, store float -> half RNE), which
  * is what the fp16 kernels do element by element.
  */
-#include "gridSampleMath.h"
+#include "gridSampleHwc8.h"
 
 namespace
 {

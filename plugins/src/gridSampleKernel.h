@@ -7,7 +7,7 @@
 #ifndef STN_GRID_SAMPLE_KERNEL_H
 #define STN_GRID_SAMPLE_KERNEL_H
 
-#include "gridSampleMath.h"
+#include "gridSampleHwc8.h"
 
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>

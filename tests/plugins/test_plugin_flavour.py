@@ -35,14 +35,26 @@ ORT_ATOL = 1e-4
 
 
 class WarpNet(nn.Module):
-    """A tiny STN: a linear localisation net (identity-initialised) and one Warp."""
+    """A tiny STN: a linear localisation net (identity-initialised) and one Warp.
+
+    A homography's perspective row (h31, h32) is kept small: with the other parameters' spread
+    (std ~0.3 over 240 inputs), z = h31 x + h32 y + 1 reaches 0 for a few percent of random
+    models, the source points run off to thousands of image widths, and float32's spacing there
+    alone moves the output by up to 1e-1 (measured: PyTorch fp32 vs fp64 of the same model).
+    That is the model's conditioning, not the plugin's accuracy, so the test avoids it.
+    """
 
     def __init__(self, warp) -> None:
         super().__init__()
         self.loc = nn.Linear(int(np.prod(IN_CHW)), warp.num_params)
         nn.init.normal_(self.loc.weight, std=0.02)
+        noise = 0.1 * torch.randn(warp.num_params)
+        if warp.kind == "projective":
+            with torch.no_grad():
+                self.loc.weight[6:] *= 0.05  # |h31| + |h32| stays below ~0.2: z in [0.8, 1.2]
+            noise[6:] *= 0.2
         with torch.no_grad():
-            self.loc.bias.copy_(warp.identity_params() + 0.1 * torch.randn(warp.num_params))
+            self.loc.bias.copy_(warp.identity_params() + noise)
         self.warp = warp
 
     def forward(self, x):

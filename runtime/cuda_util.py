@@ -246,6 +246,18 @@ def _cuda_version(value: int) -> str:
     return f"{value // 1000}.{(value % 1000) // 10}"
 
 
+def _no_device_reason(rt, err) -> str:
+    """cudaGetDeviceCount's error by name, with the fix when the driver is too old for it."""
+    _, name = rt.cudaGetErrorName(err)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    if name == "cudaErrorInsufficientDriver":
+        return (
+            f"{name}: no NVIDIA driver, or one older than this cuda-python's CUDA; with a CUDA 12 "
+            "driver: pip install 'cuda-python>=12,<13'"
+        )
+    return name
+
+
 def load_cuda(device: int = 0, prefer: str | None = None) -> Cuda:
     """The CUDA binding to use (cuda-python first, then torch); BackendUnavailableError if none.
 
@@ -260,8 +272,11 @@ def load_cuda(device: int = 0, prefer: str | None = None) -> Cuda:
                 reasons.append("cuda-python is not installed")
                 continue
             err, count = rt.cudaGetDeviceCount()
-            if int(err) != 0 or count <= device:
-                reasons.append(f"cuda-python sees {0 if int(err) else count} GPU(s)")
+            if int(err) != 0:
+                reasons.append(f"cuda-python sees 0 GPU(s) ({_no_device_reason(rt, err)})")
+                continue
+            if count <= device:
+                reasons.append(f"cuda-python sees {count} GPU(s)")
                 continue
             return CudaPython(device, rt)
         if name == "torch":

@@ -20,6 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -282,6 +283,32 @@ class _InferFastPath:
         await self.app(scope, receive, send)
 
 
+class _InferRoute:
+    """The infer routes as a plain ASGI endpoint for Starlette's router (path params decoded)."""
+
+    def __init__(self, endpoints: _Endpoints) -> None:
+        self.endpoints = endpoints
+
+    async def __call__(self, scope, receive, send) -> None:
+        params = scope["path_params"]
+        await self.endpoints.infer_asgi(scope, receive, send, params["name"], params.get("version"))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404 / 405 as the protocol's {"error": ...} documents."""
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+    elif exc.status_code == 404:
+        message = (
+            f"no endpoint {request.method} {request.url.path}; this server has /v2, "
+            "/v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/infer], /metrics"
+        )
+    else:
+        message = str(exc.detail)
+    return _error(exc.status_code, message, dict(exc.headers or {}))
+
+
 def create_app(
     model: ServedModel, config: ServerConfig | None = None, metrics: ServerMetrics | None = None
 ) -> _InferFastPath:
@@ -297,6 +324,9 @@ def create_app(
         Route("/v2/models/{name}/versions/{version}", ep.model_meta),
         Route("/v2/models/{name}/versions/{version}/ready", ep.model_ready),
         Route("/metrics", ep.metrics_page),
+        # POST never gets here (_InferFastPath takes it); other methods get a JSON 405.
+        Route("/v2/models/{name}/infer", _InferRoute(ep), methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", _InferRoute(ep), methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -318,7 +348,9 @@ def create_app(
             await asyncio.to_thread(ep.batcher.close, config.graceful_timeout_s or None)
             log.info("stopped", extra={"model": model.name})
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+    )
     app.state.endpoints = ep
     return _InferFastPath(app, ep)
 

@@ -110,7 +110,10 @@ def _parse_header(body: bytes, header_length: str | int | None) -> tuple[dict, m
     try:
         doc = json.loads(header.decode("utf-8"))  # str: skips json's encoding sniffing
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"invalid JSON in the request header: {exc}") from None
+        hint = ""
+        if header_length is None and b"binary_data_size" in bytes(body[:4096]):
+            hint = f"; binary tensor data needs the {HEADER_LENGTH} header (the JSON part's size)"
+        raise ProtocolError(f"invalid JSON in the request header: {exc}{hint}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise ProtocolError(
             'expected a JSON object with a non-empty "inputs" list, e.g. {"inputs": [{"name": '
@@ -175,9 +178,15 @@ def _decode_tensor(
     if "data" not in entry:
         raise ProtocolError(f'input {name!r} has neither "data" nor binary_data_size')
     try:
-        array = np.asarray(entry["data"], dtype=dtype)
+        with np.errstate(over="raise"):  # 1e39 as FP32 would become inf with only a warning
+            array = np.asarray(entry["data"], dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"input {name!r}: data is not a list of {want_type}: {exc}") from None
+    except (FloatingPointError, OverflowError):
+        limit = np.finfo(dtype).max if dtype.kind == "f" else np.iinfo(dtype).max
+        raise ProtocolError(
+            f"input {name!r}: data holds values beyond {want_type}'s range (|x| <= {limit:.4g})"
+        ) from None
     if array.size != count:
         raise ProtocolError(
             f"input {name!r}: {array.size} values for shape {list(shape)}, expected {count}"

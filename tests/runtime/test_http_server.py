@@ -281,6 +281,10 @@ def test_size_limits_encoding_and_versioned_routes(session, rng):
                 out["gzip"] = (r.status, (await r.json())["error"])
             async with http.get("/v2/models/toy-stn/versions/1/ready") as r:
                 out["ready"] = r.status
+            async with http.get("/v2/models/toy-stn/infer") as r:
+                out["get_infer"] = (r.status, r.headers.get("Allow"), (await r.json())["error"])
+            async with http.post("/v2/model/toy-stn/infer", data=b"{}") as r:
+                out["no_route"] = (r.status, (await r.json())["error"])
             return out
 
     with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
@@ -294,3 +298,8 @@ def test_size_limits_encoding_and_versioned_routes(session, rng):
     assert out["too_big"][0] == 413 and "exceeds the limit of 2048" in out["too_big"][1]
     assert out["gzip"][0] == 415 and "send the body uncompressed" in out["gzip"][1]
     assert out["ready"] == 200
+    # Starlette's own 404 / 405 come as the protocol's JSON error documents too
+    get_infer = (405, "POST", "GET is not allowed on /v2/models/toy-stn/infer; use POST")
+    assert out["get_infer"] == get_infer
+    assert out["no_route"][0] == 404
+    assert out["no_route"][1].startswith("no endpoint POST /v2/model/toy-stn/infer; this server")

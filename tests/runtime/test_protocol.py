@@ -88,6 +88,7 @@ def _json_body(**entry):
         (_json_body(data=["a"] * 16), None, 400, "not a list of FP32"),
         (_json_body(data=[0.5] * 15 + [float("nan")]), None, 400, "1 NaN/Inf values"),
         (_json_body(data=[float("inf")] * 16), None, 400, "16 NaN/Inf"),
+        (_json_body(data=[0.5] * 15 + [1e39]), None, 400, r"beyond FP32's range \(\|x\| <= 3\.4"),
         (_json_body(shape=[0, 1, 4, 4], data=[]), None, 400, "batch size >= 1"),
         (_json_body(shape=[-1, 1, 4, 4]), None, 400, "list of ints >= 0"),
         (_json_body(), "12x", 400, "must be an integer"),
@@ -98,6 +99,17 @@ def test_bad_requests_name_expected_and_got(body, header_len, status, message):
     with pytest.raises(ProtocolError, match=message) as err:
         decode_infer_request(body, header_len, SPECS, OUTS)
     assert err.value.status == status
+
+
+def test_binary_body_without_its_header_length_says_which_header_is_missing():
+    x = np.full((1, 1, 4, 4), 0.1, np.float32)  # bytes cd cc cc 3d: not UTF-8
+    body, header_len = _client_body(x)
+    assert header_len is not None
+    with pytest.raises(ProtocolError, match="needs the Inference-Header-Content-Length header"):
+        decode_infer_request(body, None, SPECS, OUTS)
+    with pytest.raises(ProtocolError) as plain:  # a JSON typo gets no such hint
+        decode_infer_request(b"{not json", None, SPECS, OUTS)
+    assert "Inference-Header-Content-Length" not in str(plain.value)
 
 
 def test_truncated_binary_payload(rng):

@@ -118,6 +118,7 @@ class _Endpoints:
         self.config = config
         self.metrics = metrics
         self.batcher = DynamicBatcher(model.session, config.batcher_config(), observer=metrics)
+        metrics.queued_samples = lambda: self.batcher.queued_rows
         self.decoder = RequestDecoder(
             model.session.inputs,
             model.session.output_names,
@@ -370,8 +371,14 @@ def _uvicorn_config(app: Starlette, config: ServerConfig):
     )
 
 
-def run_server(model: ServedModel, config: ServerConfig | None = None) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully (blocking)."""
+def run_server(
+    model: ServedModel, config: ServerConfig | None = None, sockets: list | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully (blocking).
+
+    ``sockets``: already-listening sockets to accept on instead of binding host:port (the
+    workers of :mod:`stn_deploy.runtime.workers` share the one their parent bound).
+    """
     import uvicorn
 
     config = config or ServerConfig()
@@ -381,13 +388,13 @@ def run_server(model: ServedModel, config: ServerConfig | None = None) -> None:
     sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     server = uvicorn.Server(_uvicorn_config(create_app(model, config), config))
     if threading.current_thread() is not threading.main_thread():
-        server.run()
+        server.run(sockets=sockets)
         return
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the previous
     # handler; make that a normal return so `stn-deploy serve` exits 0 after a clean stop.
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except _Stopped:
         pass
     finally:

@@ -9,6 +9,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
 
 __all__ = ["ServerMetrics"]
@@ -19,10 +20,18 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+def multiprocess_mode() -> bool:
+    """True when prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR (chosen at import)."""
+    return values.ValueClass is not values.MutexValue
+
+
 class ServerMetrics:
     """One registry per server (so tests and several apps in one process do not collide).
 
     Also the batcher's observer: ``on_batch`` is called from its worker thread once per batch.
+    Under ``stn-deploy serve --workers N`` each worker process writes its values to
+    PROMETHEUS_MULTIPROC_DIR and ``render`` reports the sum over all of them, so a scrape that
+    lands on any worker sees the whole server.
     """
 
     def __init__(self, model: str, registry: CollectorRegistry | None = None) -> None:
@@ -67,7 +76,11 @@ class ServerMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "stn_queue_samples", "Samples waiting in the batcher's queue", ["model"], registry=r
+            "stn_queue_samples",
+            "Samples waiting in the batcher's queue",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",  # all live workers' queues (ignored in one process)
         )
 
         # labelled children, looked up once: labels() costs a lock and a dict per call
@@ -75,7 +88,12 @@ class ServerMetrics:
         self._queue = self.queue_seconds.labels(model)
         self._infer = self.inference_seconds.labels(model)
         self._request_seconds = self.request_seconds.labels(model)
+        self._depth = self.queue_depth.labels(model)
         self._by_code: dict[int, object] = {}
+        # Set by the server to its batcher's queue depth. With several workers a scrape reads
+        # the others' gauges from their files, so each refreshes its own once per batch.
+        self.queued_samples = None
+        self._multiprocess = multiprocess_mode()
 
     def on_batch(
         self, size: int, queue_seconds: list[float], infer_seconds: float, failed: bool
@@ -86,6 +104,8 @@ class ServerMetrics:
         self._infer.observe(infer_seconds)
         if failed:
             self.errors.labels(self.model, "backend").inc(len(queue_seconds))
+        if self._multiprocess and self.queued_samples is not None:
+            self._depth.set(self.queued_samples())
 
     def on_request(self, code: int, seconds: float, error_kind: str | None = None) -> None:
         counter = self._by_code.get(code)
@@ -97,5 +117,11 @@ class ServerMetrics:
             self.errors.labels(self.model, error_kind).inc()
 
     def render(self, queued_samples: int) -> tuple[bytes, str]:
-        self.queue_depth.labels(self.model).set(queued_samples)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        self._depth.set(queued_samples)
+        if not self._multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged), CONTENT_TYPE_LATEST

@@ -9,6 +9,7 @@ are exported to ONNX once into a cache keyed by the checkpoint's bytes. Also
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -101,14 +102,15 @@ def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Pat
     return out
 
 
-def default_ort_threads() -> int:
-    """All cores but one: the event loop that decodes and encodes requests needs its own.
+def default_ort_threads(workers: int = 1) -> int:
+    """All cores but one per server process: each event loop decoding and encoding requests
+    needs its own; what is left is shared among the ``workers`` processes.
 
     Measured on 2 cores (bench/load_bench.py raw runs): one intra-op thread costs 68 us of CPU
     per sample at batch 16-256, two non-spinning threads 76-87 us, two spinning ones 131-144 us;
     under load the server's CPU per request is what bounds its throughput.
     """
-    return max(1, (os.cpu_count() or 2) - 1)
+    return max(1, ((os.cpu_count() or 2) - workers) // workers)
 
 
 def _ort_hooks():
@@ -204,13 +206,24 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
     return model_name(model), open_session(path, backend, **options), backend
 
 
+def open_served(model: str, backend: str, threads: int | None, name: str | None):
+    """A ServedModel for MODEL, opened here (each ``--workers`` process calls this itself)."""
+    from stn_deploy.runtime.http_server import ServedModel
+
+    resolved_name, session, _ = resolve_model(model, backend, threads)
+    return ServedModel(name or resolved_name, session)
+
+
 # -- commands -----------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
     from stn_deploy.runtime.http_server import ServedModel, ServerConfig, run_server
     from stn_deploy.runtime.logs import configure_json_logging
 
+    if args.workers < 1:
+        raise ServeError(f"--workers must be >= 1, got {args.workers}")
+    level = logging.DEBUG if args.verbose else logging.INFO
     if args.log_format == "json":
-        configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+        configure_json_logging(level)
     try:
         config = ServerConfig(
             host=args.host,
@@ -222,7 +235,18 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ServeError(str(exc)) from None
-    name, session, _ = resolve_model(args.model, args.backend, args.threads)
+    threads = args.threads or (default_ort_threads(args.workers) if args.workers > 1 else None)
+    # Opened here even with --workers: bad input fails once, before any worker starts, and a
+    # checkpoint is exported to ONNX once (the workers find it in the cache).
+    name, session, _ = resolve_model(args.model, args.backend, threads)
+    if args.workers > 1:
+        from stn_deploy.runtime.workers import serve_workers
+
+        session.close()
+        opener = functools.partial(open_served, args.model, args.backend, threads, args.name)
+        setup = functools.partial(configure_json_logging, level)
+        serve_workers(opener, config, args.workers, setup if args.log_format == "json" else None)
+        return 0
     try:
         run_server(ServedModel(args.name or name, session), config)
     finally:
@@ -336,6 +360,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores but one)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with its own model and batcher; one "
+        "process is bound by its event loop's GIL (default: 1)",
     )
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.set_defaults(func=_serve)

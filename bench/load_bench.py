@@ -139,7 +139,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(model: Path | None, name: str, max_batch: int, max_delay_ms: float, threads: int | None):
+def served(model: Path | None, name: str, max_batch: int, max_delay_ms: float, threads: int | None,
+           workers: int = 1):  # fmt: skip
     """``stn-deploy serve`` in a subprocess on a free loopback port (model None: the no-op
     HTTP floor app); SIGTERM at the end."""
     port = _free_port()
@@ -148,6 +149,8 @@ def served(model: Path | None, name: str, max_batch: int, max_delay_ms: float, t
            "--max-delay-ms", str(max_delay_ms), "--max-queue", "4096"]  # fmt: skip
     if threads:
         cmd += ["--threads", str(threads)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     if model is None:
         cmd = [sys.executable, "-c", _FLOOR_APP, str(port)]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
@@ -258,6 +261,7 @@ def run_load_bench(
     name: str = "stn",
     samples: int = 1,
     rounds: int = 3,
+    workers: int = 1,
 ) -> dict:
     """Run the whole comparison (or only the client side against ``server``); return the report."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,7 +306,9 @@ def run_load_bench(
         with contextlib.ExitStack() as stack:
             servers = {}
             for label, (max_batch, delay) in configs.items():
-                servers[label] = stack.enter_context(served(path, name, max_batch, delay, threads))
+                servers[label] = stack.enter_context(
+                    served(path, name, max_batch, delay, threads, workers)
+                )
                 host, port, proc = servers[label]
                 print(f"server, {label} (max_batch {max_batch}, max_delay_ms {delay}):")
                 results = bench_server(
@@ -319,7 +325,8 @@ def run_load_bench(
                 report[label] = {
                     "max_batch": max_batch,
                     "max_delay_ms": delay,
-                    "ort_threads": threads or default_ort_threads(),
+                    "workers": workers,
+                    "ort_threads": threads or default_ort_threads(workers),
                     "levels": [asdict(r) for r in results],
                     **_metrics(host, port),
                 }
@@ -446,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=4.0, help="per level")
     parser.add_argument("--threads", type=int, help="server's ONNX Runtime threads (default: all)")
     parser.add_argument("--samples", type=int, default=1, help="samples per request")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (serve --workers)")
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds at concurrency 64 for the targets"
     )
@@ -455,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model, levels=[int(v) for v in args.levels.split(",")],
         max_requests=args.max_requests, max_seconds=args.max_seconds, threads=args.threads,
         server=args.server, name=args.name, samples=args.samples, rounds=args.rounds,
+        workers=args.workers,
     )  # fmt: skip
     text = json.dumps(report, indent=2)
     if args.out:

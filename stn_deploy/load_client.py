@@ -84,14 +84,22 @@ def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
 
 
 def process_cpu_s(pid: int | None) -> float | None:
-    """user+system CPU seconds of a process (Linux /proc), None elsewhere."""
+    """user+system CPU seconds of a process and its live children (Linux /proc), else None.
+
+    Children count because ``serve --workers N`` serves from child processes.
+    """
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(process_cpu_s(int(c)) or 0.0 for c in children)
 
 
 def own_cpu_s() -> float:

@@ -67,6 +67,14 @@ def _infer_checked(port: int, session: OrtSession, rng, n: int) -> None:
         np.testing.assert_allclose(got, session.infer({"input": x})["logits"], rtol=1e-5, atol=1e-6)
 
 
+def _sigterm(proc: subprocess.Popen) -> bytes:
+    """Stop the server as an orchestrator would; it must exit 0. Returns its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return err
+
+
 def _requests_total(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     rows = [line for line in text.splitlines() if line.startswith("stn_requests_total{")]
@@ -95,12 +103,10 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(toy_onnx, 
         assert b'stn_batch_size_count{model="toy-stn"} 24.0' in page  # one call per request
         served_by = {int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("counter_*.db")}
         assert served_by and served_by <= workers
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        err = _sigterm(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err.decode()[-3000:]
     assert all(not Path(f"/proc/{w}").exists() for w in workers)
     assert b'"msg": "stopped"' in err and err.count(b'"msg": "worker started"') == 2
 
@@ -139,12 +145,10 @@ def test_a_dead_worker_is_replaced_and_a_failed_start_stops_the_server(toy_onnx,
         _wait_ready(proc, port)
         with OrtSession(toy_onnx, threads=1) as session:
             _infer_checked(port, session, rng, 8)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        err = _sigterm(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err.decode()[-3000:]
     assert b"worker died; restarting it" in err
 
     broken = subprocess.run([*cmd, "broken"], capture_output=True, timeout=120)

@@ -106,6 +106,14 @@ def serve_workers(
     if own_dir:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="stn-metrics-")
     metrics_dir = os.environ[MULTIPROC_ENV]
+    os.makedirs(metrics_dir, exist_ok=True)
+    if not own_dir and any(name.endswith(".db") for name in os.listdir(metrics_dir)):
+        log.warning(
+            "%s=%s holds an earlier run's metric files; their counts add to this run's "
+            "(empty the folder before starting)",
+            MULTIPROC_ENV,
+            metrics_dir,
+        )
     sock, shared, config = _listen(config)
     supervisor = _Supervisor((open_model, config, shared, setup), start_grace_s)
     stop = threading.Event()

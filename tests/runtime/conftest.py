@@ -49,3 +49,13 @@ def toy_onnx(tmp_path_factory):
     path = tmp_path_factory.mktemp("toy") / "toy-stn.onnx"
     build_toy_onnx(path)
     return path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on right now, for a server started as a subprocess."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,8 @@ def test_json_line_formatter_keeps_extras():
     assert doc["ts"].endswith("Z")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_serve_command_logs_json_and_stops_gracefully_on_sigterm(toy_onnx, rng):
-    port = _free_port()
+def test_serve_command_logs_json_and_stops_gracefully_on_sigterm(toy_onnx, rng, free_port):
+    port = free_port
     proc = subprocess.Popen(
         [sys.executable, "-m", "stn_deploy.cli", "serve", str(toy_onnx), "--port", str(port),
          "--backend", "ort", "--max-batch", "4"],

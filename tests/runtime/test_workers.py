@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,12 +16,6 @@ import pytest
 import tritonclient.http as httpclient
 
 from stn_deploy.runtime.ort import OrtSession
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(proc: subprocess.Popen, port: int) -> None:
@@ -82,8 +75,10 @@ def _requests_total(port: int) -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
-def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(toy_onnx, tmp_path, rng):
-    port = _free_port()
+def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
+    toy_onnx, tmp_path, rng, free_port
+):
+    port = free_port
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stn_deploy.cli", "serve", str(toy_onnx), "--port", str(port),
@@ -127,8 +122,8 @@ _SUPERVISOR = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
-def test_a_dead_worker_is_replaced_and_a_failed_start_stops_the_server(toy_onnx, rng):
-    port = _free_port()
+def test_a_dead_worker_is_replaced_and_a_failed_start_stops_the_server(toy_onnx, rng, free_port):
+    port = free_port
     cmd = [sys.executable, "-c", _SUPERVISOR, str(toy_onnx), str(port)]
     proc = subprocess.Popen([*cmd, "ok"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

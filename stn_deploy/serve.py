@@ -232,6 +232,8 @@ def _serve(args: argparse.Namespace) -> int:
             max_delay_ms=args.max_delay_ms,
             max_queue=args.max_queue,
             max_request_batch=args.max_request_batch,
+            request_timeout_s=args.request_timeout_s,
+            body_timeout_s=args.body_timeout_s,
         )
     except ValueError as exc:
         raise ServeError(str(exc)) from None
@@ -357,6 +359,19 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--max-request-batch", type=int, default=256, help="samples in one request before 413"
+    )
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=30.0,
+        help="a request still queued after this many seconds gets 503 (default: 30)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=60.0,
+        help="a request whose body has not all arrived this many seconds after its headers gets "
+        "408 and its connection is closed (default: 60)",
     )
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores but one)"

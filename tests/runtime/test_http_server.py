@@ -6,6 +6,8 @@ import asyncio
 import json
 import socket
 import threading
+import time
+import urllib.request
 
 import aiohttp
 import numpy as np
@@ -303,3 +305,70 @@ def test_size_limits_encoding_and_versioned_routes(session, rng):
     assert out["get_infer"] == get_infer
     assert out["no_route"][0] == 404
     assert out["no_route"][1].startswith("no endpoint POST /v2/model/toy-stn/infer; this server")
+
+
+def _raw_post_head(port: int, body: bytes, headers: dict) -> socket.socket:
+    """A socket that has sent an /infer request's headers and nothing of its body yet."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    lines = ["POST /v2/models/toy-stn/infer HTTP/1.1", "Host: test"]
+    lines += [f"{k}: {v}" for k, v in {**headers, "Content-Length": len(body)}.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One whole response, then until the server closes the connection (asserts it does)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert len(body) == int(headers["content-length"]), "more than one response came back"
+    return int(status_line.split()[1]), headers, body
+
+
+def test_stalled_body_is_408_and_closed_while_others_are_served(session, rng):
+    cfg = ServerConfig(port=0, max_batch=8, max_delay_ms=2, body_timeout_s=0.5)
+    x = _x(rng, 1)
+    body, headers = _binary_body(x)
+    want = session.infer({"input": x})["logits"]
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        client = httpclient.InferenceServerClient(srv.url)
+        stalled = _raw_post_head(srv.port, body, headers)
+        stalled.sendall(body[:20])  # ... and the rest never comes
+        started = time.monotonic()
+        # meanwhile everyone else is answered, and at once: the stalled request holds nothing
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        for _ in range(5):
+            t0 = time.monotonic()
+            got = client.infer("toy-stn", [inp]).as_numpy("logits")
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            assert time.monotonic() - t0 < 0.4
+        status, head, err = _read_response(stalled)  # returns once the server closed it
+        waited = time.monotonic() - started
+        # a body sent in two parts well within the timeout is a normal request
+        split = _raw_post_head(srv.port, body, {**headers, "Connection": "close"})
+        split.sendall(body[:100])
+        time.sleep(0.2)
+        split.sendall(body[100:])
+        split_status, split_head, split_body = _read_response(split)
+        metrics = urllib.request.urlopen(f"http://{srv.url}/metrics").read().decode()
+    assert status == 408 and head["connection"] == "close"
+    assert json.loads(err)["error"] == (
+        "the request body did not arrive within 0.5 s; "
+        "send Content-Length bytes right after the headers"
+    )
+    assert 0.5 <= waited < 5.0
+    assert split_status == 200
+    hl = int(split_head["inference-header-content-length"])
+    np.testing.assert_allclose(_logits_of(split_body, hl, 1), want, rtol=1e-5, atol=1e-6)
+    assert 'stn_errors_total{kind="timeout",model="toy-stn"} 1.0' in metrics
+    assert 'stn_requests_total{code="408",model="toy-stn"} 1.0' in metrics
+
+
+def test_server_config_rejects_a_non_positive_body_timeout():
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
+        ServerConfig(body_timeout_s=0)

@@ -80,3 +80,12 @@ def test_checkpoint_serves_the_same_outputs_on_torch_and_ort(tmp_path, monkeypat
     assert len(list(tmp_path.glob("onnx/tutorial-R-*.onnx"))) == 1
     for key in ("logits", "theta", "warped"):
         np.testing.assert_allclose(outs["ort"][key], outs["torch"][key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flag", ["--body-timeout-s", "--request-timeout-s"])
+def test_serve_refuses_a_non_positive_timeout_before_loading(toy_onnx, flag, capsys):
+    from stn_deploy.cli import main
+
+    assert main(["serve", str(toy_onnx), "--backend", "ort", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: request_timeout_s and body_timeout_s must be > 0" in err

@@ -22,6 +22,9 @@ Rules the tests pin down:
 - A request whose deadline passes while queued fails with :class:`DeadlineExceededError`
   without running; a cancelled future is skipped.
 - ``close()`` stops accepting, runs everything already queued, then stops the worker.
+- With ``run_inline_when_idle`` (and a session that allows any thread), an asyncio request that
+  is alone (nothing queued, no batch running, nothing else in progress at the caller) runs on
+  the event loop's thread; anything else goes to the worker exactly as without the mode.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -89,6 +92,10 @@ class BatcherConfig:
     # Fail requests holding NaN/Inf with InputError, checked once per batch in the worker (off
     # the caller's thread); the rest of the batch runs.
     reject_non_finite: bool = False
+    # Run a request on the caller's own thread when the batcher is idle (nothing queued, no
+    # batch running, nobody else on the way in) and the session allows any thread
+    # (``Session.any_thread``): a lone request skips the two thread wake-ups of a hand-off.
+    run_inline_when_idle: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch, int) or self.max_batch < 1:
@@ -196,10 +203,15 @@ class DynamicBatcher:
         session: Session,
         config: BatcherConfig | None = None,
         observer: BatchObserver | None = None,
+        others_active: Callable[[], bool] | None = None,
     ) -> None:
         self.session = session
         self.config = config or BatcherConfig()
         self.observer = observer
+        # With run_inline_when_idle: does the caller have other requests in progress (being
+        # read, awaiting answers, being sent)? Then a lone queued one still goes to the worker:
+        # under load the event loop must keep reading while the worker computes.
+        self._others_active = others_active or (lambda: False)
         self._queue: collections.deque[_Item] = collections.deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -207,6 +219,9 @@ class DynamicBatcher:
         self._worker_waiting = False
         self._incoming = 0
         self._thread: threading.Thread | None = None
+        self._running = threading.Lock()  # held while a batch runs, by the worker or inline
+        self._inline = self.config.run_inline_when_idle and getattr(session, "any_thread", False)
+        self._tick_scheduled = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> DynamicBatcher:
@@ -293,8 +308,50 @@ class DynamicBatcher:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         item = _Item(checked, rows, now, deadline, loop.create_future(), loop)
-        self._enqueue([item], rows)
+        if not self._inline or self._others_active():
+            self._enqueue([item], rows)  # under load: wake the worker now, as ever
+            return item.future
+        # Alone so far: queue it without waking the worker; once the requests this event-loop
+        # pass has read are all queued, _tick runs a lone one right here or wakes the worker.
+        self._enqueue([item], rows, wake=False)
+        if not self._tick_scheduled:
+            self._tick_scheduled = True
+            loop.call_soon(self._tick)
         return item.future
+
+    def _tick(self) -> None:
+        """After an event-loop pass: one request queued and the batcher idle -> run it here.
+
+        Running it on this thread saves the two thread wake-ups of a hand-off to the worker.
+        Anything else (more requests, a batch running, a request still arriving) is the
+        worker's, as without this mode; first in, first out holds either way.
+        """
+        self._tick_scheduled = False
+        with self._cond:
+            lone = (
+                len(self._queue) == 1
+                and self._incoming == 0
+                and not self._others_active()
+                and self._queue[0].loop is asyncio.get_running_loop()  # answerable from here
+                and self._running.acquire(blocking=False)
+            )
+            if lone:
+                item = self._queue.popleft()
+                self._queued_rows -= item.rows
+            elif self._queue and self._worker_waiting:
+                self._cond.notify()
+        if not lone:
+            return
+        try:
+            outcomes, observed = self._run_batch([item]) if self._admit(item) else ([], None)
+        finally:
+            self._running.release()
+        for _, outcome in outcomes:  # on the item's own loop: no wake-up needed
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+        self._observe(observed)
 
     def infer(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:
         """Blocking convenience: submit and wait."""
@@ -304,7 +361,7 @@ class DynamicBatcher:
         """Submit from asyncio code and await the outputs without blocking the event loop."""
         return await self.submit_async(feeds, timeout)
 
-    def _enqueue(self, items: list[_Item], rows: int) -> None:
+    def _enqueue(self, items: list[_Item], rows: int, wake: bool = True) -> None:
         cfg = self.config
         if rows > cfg.max_queue:
             raise RequestTooLargeError(
@@ -325,7 +382,11 @@ class DynamicBatcher:
             self._queued_rows += rows
             # Wake the worker only when its decision changes (first request, or a full batch);
             # every other wake-up is a GIL round trip per request for nothing.
-            if self._worker_waiting and (was_empty or self._queued_rows >= cfg.max_batch):
+            if (
+                self._worker_waiting
+                and (wake or self._queued_rows >= cfg.max_batch)
+                and (was_empty or self._queued_rows >= cfg.max_batch)
+            ):
                 self._cond.notify()
 
     # -- worker --------------------------------------------------------------------------------
@@ -382,14 +443,28 @@ class DynamicBatcher:
         return True
 
     def _execute(self, batch: list[_Item]) -> None:
+        with self._running:
+            outcomes, observed = self._run_batch(batch)
+        _settle(outcomes)
+        self._observe(observed)
+
+    def _observe(self, observed: tuple | None) -> None:
+        """Metrics after the answers are on their way: they are not the callers' latency."""
+        if observed is not None and self.observer is not None:
+            self.observer.on_batch(*observed)
+
+    def _run_batch(self, batch: list[_Item]) -> tuple[list[tuple[_Item, Any]], tuple | None]:
+        """Run one batch: every item's outputs or exception for the caller to deliver, and
+        what the observer is told (None when no request was left to run)."""
         start = time.monotonic()
+        rejected: list[tuple[_Item, Any]] = []
         feeds = _concatenate(batch)
         if self.config.reject_non_finite and any(
             non_finite_message(n, v) for n, v in feeds.items()
         ):
-            batch = self._reject_non_finite(batch)
+            batch, rejected = self._split_non_finite(batch)
             if not batch:
-                return
+                return rejected, None
             feeds = _concatenate(batch)
         total = sum(it.rows for it in batch)
         failed = False
@@ -403,22 +478,19 @@ class DynamicBatcher:
                     )
         except Exception as exc:  # the batch's own failure goes to its callers only
             failed = True
-            _settle([(it, exc) for it in batch])
+            outcomes: list[tuple[_Item, Any]] = [(it, exc) for it in batch]
         else:
-            offset, pairs = 0, []
+            offset, outcomes = 0, []
             for it in batch:
                 end = offset + it.rows
-                pairs.append((it, {n: v[offset:end] for n, v in outputs.items()}))
+                outcomes.append((it, {n: v[offset:end] for n, v in outputs.items()}))
                 offset = end
-            _settle(pairs)
-        if self.observer is not None:
-            self.observer.on_batch(
-                total, [start - it.enqueued for it in batch], time.monotonic() - start, failed
-            )
+        observed = (total, [start - it.enqueued for it in batch], time.monotonic() - start, failed)
+        return rejected + outcomes, observed
 
     @staticmethod
-    def _reject_non_finite(batch: list[_Item]) -> list[_Item]:
-        """Fail the requests holding NaN/Inf (each alone, 400 at the HTTP layer); keep the rest."""
+    def _split_non_finite(batch: list[_Item]) -> tuple[list[_Item], list[tuple[_Item, Any]]]:
+        """(the requests to run, InputError for each one holding NaN/Inf: 400 at the HTTP layer)."""
         keep, failed = [], []
         for it in batch:
             message = next(filter(None, (non_finite_message(n, v) for n, v in it.feeds.items())),
@@ -427,8 +499,7 @@ class DynamicBatcher:
                 keep.append(it)
             else:
                 failed.append((it, InputError(message)))
-        _settle(failed)
-        return keep
+        return keep, failed
 
 
 def _concatenate(batch: list[_Item]) -> dict[str, np.ndarray]:

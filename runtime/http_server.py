@@ -67,6 +67,8 @@ class ServerConfig:
     body_timeout_s: float = 60.0  # a body not all received this long after its headers: 408
     graceful_timeout_s: float = 30.0
     switch_interval_ms: float = 0.5  # GIL switch interval run_server sets (Python default: 5)
+    # A lone request runs on the event loop's thread (sessions that allow it): no hand-off.
+    inline_when_idle: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -92,6 +94,7 @@ class ServerConfig:
             self.max_queue,
             dispatch_when_idle=True,
             reject_non_finite=True,
+            run_inline_when_idle=self.inline_when_idle,
         )
 
 
@@ -121,7 +124,13 @@ class _Endpoints:
         self.model = model
         self.config = config
         self.metrics = metrics
-        self.batcher = DynamicBatcher(model.session, config.batcher_config(), observer=metrics)
+        self.active = 0  # /infer requests between arrival and their response being sent
+        self.batcher = DynamicBatcher(
+            model.session,
+            config.batcher_config(),
+            observer=metrics,
+            others_active=lambda: self.active > 1,
+        )
         metrics.queued_samples = lambda: self.batcher.queued_rows
         self.decoder = RequestDecoder(
             model.session.inputs,
@@ -182,11 +191,15 @@ class _Endpoints:
     async def infer_asgi(self, scope, receive, send, name: str, version: str | None) -> None:
         """POST /v2/models/{name}[/versions/{version}]/infer as a plain ASGI handler."""
         start = time.perf_counter()
-        status, body, headers, kind = await self._infer(scope, receive, name, version)
-        raw_headers = [(b"content-length", str(len(body)).encode())]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": body})
+        self.active += 1
+        try:
+            status, body, headers, kind = await self._infer(scope, receive, name, version)
+            raw_headers = [(b"content-length", str(len(body)).encode())]
+            raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.active -= 1
         self.metrics.on_request(status, time.perf_counter() - start, kind)
         if kind is not None:
             client = scope.get("client") or ("?", 0)

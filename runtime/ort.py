@@ -45,6 +45,7 @@ class OrtSession(Session):
     """
 
     backend = "ort"
+    any_thread = True  # InferenceSession.run is thread-safe
 
     def __init__(
         self,

@@ -106,6 +106,10 @@ class Session(abc.ABC):
     """
 
     backend: str = ""
+    # May ``infer`` be called from any thread (one call at a time)? The batcher then runs a lone
+    # request on the caller's thread instead of handing it to its worker. Off unless a backend
+    # is known to allow it (a CUDA context or stream may belong to the thread that made it).
+    any_thread: bool = False
 
     def __init__(self) -> None:
         self._opened = False

@@ -304,3 +304,71 @@ def test_dispatch_when_idle_skips_the_delay_unless_a_request_is_on_its_way(rng):
             second = b.submit({"input": _x(rng, 2)})
         first.result(5), second.result(5)
     assert sess.batches == [1, 3]
+
+
+class _AnyThread(_Recorder):
+    """A recorder that may be called from any thread, noting which thread ran each batch."""
+
+    any_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def _infer(self, feeds):
+        self.threads.append(threading.current_thread().name)
+        return super()._infer(feeds)
+
+
+_INLINE = BatcherConfig(
+    max_batch=8, max_delay_ms=50, dispatch_when_idle=True, reject_non_finite=True,
+    run_inline_when_idle=True,
+)  # fmt: skip
+
+
+def test_a_lone_request_runs_on_the_event_loop_and_a_crowd_goes_to_the_worker(rng):
+    import asyncio
+
+    sess = _AnyThread().open()
+    xs = [_x(rng, n) for n in (1, 2, 1, 3)]
+
+    async def run(b):
+        alone = [await b.submit_async({"input": x}) for x in xs[:2]]  # one at a time
+        crowd = await asyncio.gather(*(b.submit_async({"input": x}) for x in xs))  # one pass
+        bad = b.submit_async({"input": np.full((1, 2), -999, np.float32)})  # fails alone
+        with pytest.raises(SessionError, match="exploded"):
+            await bad
+        with pytest.raises(InputError, match="NaN"):
+            await b.submit_async({"input": np.full((1, 2), np.nan, np.float32)})
+        after = await b.submit_async({"input": xs[0]})
+        return alone, crowd, after
+
+    with DynamicBatcher(sess, _INLINE) as b:
+        alone, crowd, after = asyncio.run(run(b))
+    for x, out in zip(xs[:2] + xs + xs[:1], alone + crowd + [after]):
+        np.testing.assert_array_equal(out["logits"], x * 3)
+    main = threading.main_thread().name
+    # lone requests (and the failing one) on the loop's thread; the crowd as one worker batch
+    assert sess.threads == [main, main, "stn-batcher", main, main]
+    assert sess.batches == [1, 2, 7, 1, 1]
+
+
+def test_inline_only_when_nothing_else_is_active_and_the_session_allows_any_thread(rng):
+    import asyncio
+
+    async def one(b):
+        return await b.submit_async({"input": _x(rng, 1)})
+
+    busy = _AnyThread().open()
+    with DynamicBatcher(busy, _INLINE, others_active=lambda: True) as b:
+        asyncio.run(one(b))
+    assert busy.threads == ["stn-batcher"]  # the server has other requests in progress
+
+    pinned = _Recorder().open()  # any_thread False: e.g. a CUDA stream bound to its thread
+    seen = []
+    pinned._infer = lambda feeds: seen.append(threading.current_thread().name) or {
+        "logits": feeds["input"] * 3
+    }
+    with DynamicBatcher(pinned, _INLINE) as b:
+        asyncio.run(one(b))
+    assert seen == ["stn-batcher"]

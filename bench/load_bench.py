@@ -14,6 +14,11 @@ fails the run.
 
     .venv/bin/python bench/load_bench.py [MODEL.onnx|CKPT_DIR] [--out bench/results/x.json]
     .venv/bin/python bench/load_bench.py MODEL --server 127.0.0.1:8000 --name NAME
+    .venv/bin/python bench/load_bench.py MODEL --raw-only      # the ceiling on this machine alone
+
+``--server`` and ``--raw-only`` split the comparison over two machines, so that the client does
+not take the server's cores: the raw ceiling measured on the server machine, the client run on
+another one against ``stn-deploy serve --host 0.0.0.0`` there.
 
 Without MODEL it serves models/checkpoints/tutorial-R (exported once to ONNX), or, before that
 checkpoint exists, a randomly initialised tutorial STN (same architecture, same cost).
@@ -262,8 +267,11 @@ def run_load_bench(
     samples: int = 1,
     rounds: int = 3,
     workers: int = 1,
+    raw_only: bool = False,
+    raw_seconds: float = 1.0,
 ) -> dict:
-    """Run the whole comparison (or only the client side against ``server``); return the report."""
+    """Run the whole comparison, or only the client side against ``server``, or only the raw
+    session (``raw_only``, ``raw_seconds`` per thread/spin/batch combination); the report."""
     with tempfile.TemporaryDirectory() as tmp:
         path = bench_model(model, Path(tmp))
         host_hdr = server or "127.0.0.1"
@@ -277,11 +285,15 @@ def run_load_bench(
             "client": "asyncio (uvloop) keep-alive HTTP/1.1, one connection per concurrent "
                       "stream, prebuilt binary-tensor bodies; every answer's binary logits "
                       "checked against a local ONNX Runtime run of the same input after the "
-                      "timed window; client and server share the machine's cores",
+                      "timed window; " + (f"server at {server}" if server
+                                          else "client and server share the machine's cores"),
             "samples_per_request": samples,
             "levels": list(levels), "max_requests_per_level": max_requests,
             "max_seconds_per_level": max_seconds,
         }  # fmt: skip
+        if raw_only:  # no client, no server: the session alone
+            kept = {k: report[k] for k in ("date", "machine", "versions", "model")}
+            return {**kept, "raw_session": raw_session_best(path, raw_seconds)}
         if server:
             host, port = server.rsplit(":", 1)
             results = bench_server(
@@ -457,18 +469,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds at concurrency 64 for the targets"
     )
+    parser.add_argument("--raw-only", action="store_true", help="only the raw session's ceiling")
+    parser.add_argument("--raw-seconds", type=float, default=1.0, help="per raw-session setting")
     parser.add_argument("--out", help="write the JSON report here (e.g. bench/results/x.json)")
     args = parser.parse_args(argv)
     report = run_load_bench(
         args.model, levels=[int(v) for v in args.levels.split(",")],
         max_requests=args.max_requests, max_seconds=args.max_seconds, threads=args.threads,
         server=args.server, name=args.name, samples=args.samples, rounds=args.rounds,
-        workers=args.workers,
+        workers=args.workers, raw_only=args.raw_only, raw_seconds=args.raw_seconds,
     )  # fmt: skip
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+    if args.raw_only:
+        print("raw ONNX Runtime session, best:", json.dumps(report["raw_session"]["best"]))
+        return 0
     if "targets" in report:
         print(json.dumps(report["targets"], indent=2))
         bad = report["targets"]["errors_and_mismatches"]

@@ -80,3 +80,19 @@ def test_serve_bench_takes_the_readme_form_with_a_separator(toy_onnx, tmp_path):
     assert rc == 0
     levels = json.loads(out.read_text())["server"]["levels"]
     assert [(lv["concurrency"], lv["requests"], lv["errors"]) for lv in levels] == [(2, 10, 0)]
+
+
+def test_raw_only_measures_the_ceiling_for_a_two_machine_run(toy_onnx, tmp_path, capsys):
+    import json
+
+    from stn_deploy.cli import main
+
+    out = tmp_path / "raw.json"
+    rc = main(["serve-bench", str(toy_onnx), "--raw-only", "--raw-seconds", "0.02",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    raw = json.loads(out.read_text())["raw_session"]
+    combos = {(r["threads"], r["spinning"], r["batch"]) for r in raw["runs"]}
+    assert len(combos) == 16 and all(r["throughput"] > 0 for r in raw["runs"])
+    assert raw["best_throughput"] == max(r["throughput"] for r in raw["runs"])
+    assert "raw ONNX Runtime session, best:" in capsys.readouterr().out

@@ -105,7 +105,7 @@ class BatcherConfig:
         if not isinstance(self.max_queue, int) or self.max_queue < self.max_batch:
             raise ValueError(
                 f"max_queue ({self.max_queue!r}) must be an int >= max_batch "
-                f"({self.max_batch}); e.g. BatcherConfig(max_batch=64, max_queue=1024)"
+                f"({self.max_batch}); e.g. max_batch=64 with max_queue=1024"
             )
 
 

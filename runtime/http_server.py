@@ -76,7 +76,7 @@ class ServerConfig:
         if self.max_request_batch < 1 or self.max_request_batch > self.max_queue:
             raise ValueError(
                 f"max_request_batch ({self.max_request_batch}) must be 1..max_queue "
-                f"({self.max_queue}); e.g. ServerConfig(max_request_batch=256, max_queue=1024)"
+                f"({self.max_queue}); e.g. max_request_batch=256 with max_queue=1024"
             )
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")

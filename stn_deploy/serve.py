@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -236,7 +237,7 @@ def _serve(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout_s,
         )
     except ValueError as exc:
-        raise ServeError(str(exc)) from None
+        raise ServeError(_as_flags(str(exc))) from None
     threads = args.threads or (default_ort_threads(args.workers) if args.workers > 1 else None)
     # Opened here even with --workers: bad input fails once, before any worker starts, and a
     # checkpoint is exported to ONNX once (the workers find it in the cache).
@@ -328,6 +329,16 @@ def _serve_bench(args: argparse.Namespace) -> int:
     if forwarded[:1] == ["--"]:  # `serve-bench -- --out X`: the separator is ours, not theirs
         forwarded = forwarded[1:]
     return _load_bench_module().main(forwarded)
+
+
+_FLAG_FIELDS = re.compile(
+    r"\b(port|max_batch|max_delay_ms|max_queue|max_request_batch|request_timeout_s|body_timeout_s)\b"
+)
+
+
+def _as_flags(message: str) -> str:
+    """A ServerConfig error in the words of this command line: max_queue -> --max-queue."""
+    return _FLAG_FIELDS.sub(lambda m: "--" + m[1].replace("_", "-"), message)
 
 
 def register(subparsers) -> None:

@@ -82,10 +82,21 @@ def test_checkpoint_serves_the_same_outputs_on_torch_and_ort(tmp_path, monkeypat
         np.testing.assert_allclose(outs["ort"][key], outs["torch"][key], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("flag", ["--body-timeout-s", "--request-timeout-s"])
-def test_serve_refuses_a_non_positive_timeout_before_loading(toy_onnx, flag, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--body-timeout-s", "0"], "--request-timeout-s and --body-timeout-s must be > 0"),
+        (["--request-timeout-s", "-1"], "--request-timeout-s and --body-timeout-s must be > 0"),
+        (["--max-batch", "0"], "--max-batch must be an int >= 1, got 0; e.g. 64"),
+        (
+            ["--max-request-batch", "300", "--max-queue", "256"],
+            "--max-request-batch (300) must be 1..--max-queue (256); "
+            "e.g. --max-request-batch=256 with --max-queue=1024",
+        ),
+    ],
+)
+def test_serve_refuses_bad_limits_in_the_words_of_its_flags(toy_onnx, args, message, capsys):
     from stn_deploy.cli import main
 
-    assert main(["serve", str(toy_onnx), "--backend", "ort", flag, "0"]) == 2
-    err = capsys.readouterr().err
-    assert "error: request_timeout_s and body_timeout_s must be > 0" in err
+    assert main(["serve", str(toy_onnx), "--backend", "ort", *args]) == 2
+    assert f"error: {message}" in capsys.readouterr().err

@@ -44,6 +44,11 @@ from stn_deploy.runtime.protocol import (
     model_metadata,
 )
 from stn_deploy.runtime.session import InputError, Session, SessionError
+from stn_deploy.runtime.slow_clients import (
+    BodyDeadlines,
+    BodyTimeoutError,
+    header_timeout_protocol,
+)
 
 __all__ = ["ServerConfig", "ServedModel", "create_app", "ServerThread", "run_server"]
 
@@ -65,6 +70,7 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024 * 1024  # beyond it: 413
     request_timeout_s: float = 30.0  # a request still queued after this: 503
     body_timeout_s: float = 60.0  # a body not all received this long after its headers: 408
+    header_timeout_s: float = 30.0  # no complete request headers this long: 408 / closed
     graceful_timeout_s: float = 30.0
     switch_interval_ms: float = 0.5  # GIL switch interval run_server sets (Python default: 5)
     # A lone request runs on the event loop's thread (sessions that allow it): no hand-off.
@@ -80,10 +86,11 @@ class ServerConfig:
             )
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
-        if self.request_timeout_s <= 0 or self.body_timeout_s <= 0 or self.graceful_timeout_s < 0:
+        timeouts = (self.request_timeout_s, self.body_timeout_s, self.header_timeout_s)
+        if min(timeouts) <= 0 or self.graceful_timeout_s < 0:
             raise ValueError(
-                "request_timeout_s and body_timeout_s must be > 0 and graceful_timeout_s >= 0, "
-                "e.g. 30"
+                "request_timeout_s, body_timeout_s and header_timeout_s must be > 0 and "
+                "graceful_timeout_s >= 0, e.g. 30"
             )
         self.batcher_config()  # validates max_batch, max_delay_ms, max_queue
 
@@ -141,11 +148,7 @@ class _Endpoints:
             # (measured in-process at concurrency 64: 28 µs per request; bench/profile_server.py).
             check_finite=False,
         )
-        # Requests still receiving their body: task -> when it started. One timer per server
-        # sweeps it (see _sweep_slow_bodies); a timer per request would cost ~4 µs each on uvloop.
-        self._reading: dict[asyncio.Task, float] = {}
-        self._expired: set[asyncio.Task] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self.body_deadlines = BodyDeadlines(config.body_timeout_s)
         self.metadata = model_metadata(
             model.name,
             model.session.inputs,
@@ -215,45 +218,10 @@ class _Endpoints:
 
     async def _read_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         """The whole body; 408 when it has not all arrived within ``body_timeout_s``."""
-        task = asyncio.current_task()
-        if self._sweeper is None:
-            self._sweep_slow_bodies()
-        self._reading[task] = time.monotonic()
         try:
-            return await self._receive_body(headers, receive)
-        except asyncio.CancelledError:
-            if task not in self._expired:
-                raise  # shutdown or a client gone: not ours to answer
-            self._expired.discard(task)
-            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled
-                task.uncancel()
-            raise ProtocolError(
-                f"the request body did not arrive within {self.config.body_timeout_s:g} s; "
-                "send Content-Length bytes right after the headers",
-                408,
-            ) from None
-        finally:
-            self._reading.pop(task, None)
-
-    def _sweep_slow_bodies(self) -> None:
-        """Cancel body reads older than ``body_timeout_s``; re-arms itself on the running loop.
-
-        A client that sends headers and then stalls would otherwise hold its connection and a
-        place among the requests the batcher waits for, forever (uvicorn has no body timeout).
-        """
-        timeout = self.config.body_timeout_s
-        now = time.monotonic()
-        for task, started in list(self._reading.items()):
-            if now - started > timeout and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
-        self._sweeper = asyncio.get_running_loop().call_later(
-            min(1.0, timeout / 4), self._sweep_slow_bodies
-        )
-
-    def stop_sweeping(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+            return await self.body_deadlines.read(self._receive_body(headers, receive))
+        except BodyTimeoutError as exc:
+            raise ProtocolError(str(exc), 408) from None
 
     async def _receive_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         limit = self.config.max_body_bytes
@@ -412,7 +380,7 @@ def create_app(
             yield
         finally:
             # uvicorn has finished the in-flight requests; run anything still queued, then stop.
-            ep.stop_sweeping()
+            ep.body_deadlines.stop()
             await asyncio.to_thread(ep.batcher.close, config.graceful_timeout_s or None)
             log.info("stopped", extra={"model": model.name})
 
@@ -426,8 +394,12 @@ def create_app(
 def _uvicorn_config(app: Starlette, config: ServerConfig):
     import uvicorn
 
+    protocol = header_timeout_protocol(config.header_timeout_s)
+    if protocol is None:
+        log.warning("no httptools: request headers are not timed; pip install httptools")
     return uvicorn.Config(
         app,
+        http=protocol or "auto",
         host=config.host,
         port=config.port,
         access_log=False,

@@ -235,6 +235,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_request_batch=args.max_request_batch,
             request_timeout_s=args.request_timeout_s,
             body_timeout_s=args.body_timeout_s,
+            header_timeout_s=args.header_timeout_s,
         )
     except ValueError as exc:
         raise ServeError(_as_flags(str(exc))) from None
@@ -332,7 +333,8 @@ def _serve_bench(args: argparse.Namespace) -> int:
 
 
 _FLAG_FIELDS = re.compile(
-    r"\b(port|max_batch|max_delay_ms|max_queue|max_request_batch|request_timeout_s|body_timeout_s)\b"
+    r"\b(port|max_batch|max_delay_ms|max_queue|max_request_batch|request_timeout_s|body_timeout_s"
+    r"|header_timeout_s)\b"
 )
 
 
@@ -383,6 +385,13 @@ def register(subparsers) -> None:
         default=60.0,
         help="a request whose body has not all arrived this many seconds after its headers gets "
         "408 and its connection is closed (default: 60)",
+    )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=30.0,
+        help="a connection without complete request headers this many seconds after it opened "
+        "or after its last response is closed, with 408 if a request had begun (default: 30)",
     )
     p.add_argument(
         "--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores but one)"

@@ -369,6 +369,7 @@ def test_stalled_body_is_408_and_closed_while_others_are_served(session, rng):
     assert 'stn_requests_total{code="408",model="toy-stn"} 1.0' in metrics
 
 
-def test_server_config_rejects_a_non_positive_body_timeout():
-    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
-        ServerConfig(body_timeout_s=0)
+@pytest.mark.parametrize("field", ["request_timeout_s", "body_timeout_s", "header_timeout_s"])
+def test_server_config_rejects_a_non_positive_timeout(field):
+    with pytest.raises(ValueError, match="body_timeout_s and header_timeout_s must be > 0"):
+        ServerConfig(**{field: 0})

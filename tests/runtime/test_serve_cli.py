@@ -82,11 +82,15 @@ def test_checkpoint_serves_the_same_outputs_on_torch_and_ort(tmp_path, monkeypat
         np.testing.assert_allclose(outs["ort"][key], outs["torch"][key], rtol=1e-4, atol=1e-4)
 
 
+_TIMEOUTS = "--request-timeout-s, --body-timeout-s and --header-timeout-s must be > 0"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--body-timeout-s", "0"], "--request-timeout-s and --body-timeout-s must be > 0"),
-        (["--request-timeout-s", "-1"], "--request-timeout-s and --body-timeout-s must be > 0"),
+        (["--body-timeout-s", "0"], _TIMEOUTS),
+        (["--request-timeout-s", "-1"], _TIMEOUTS),
+        (["--header-timeout-s", "0"], _TIMEOUTS),
         (["--max-batch", "0"], "--max-batch must be an int >= 1, got 0; e.g. 64"),
         (
             ["--max-request-batch", "300", "--max-queue", "256"],

@@ -346,11 +346,7 @@ class DynamicBatcher:
             outcomes, observed = self._run_batch([item]) if self._admit(item) else ([], None)
         finally:
             self._running.release()
-        for _, outcome in outcomes:  # on the item's own loop: no wake-up needed
-            if isinstance(outcome, BaseException):
-                item.future.set_exception(outcome)
-            else:
-                item.future.set_result(outcome)
+        _deliver([(it.future, outcome) for it, outcome in outcomes])  # on its loop: no wake-up
         self._observe(observed)
 
     def infer(self, feeds: Mapping[str, Any], timeout: float | None = None) -> dict:

@@ -22,8 +22,9 @@ __all__ = ["BodyDeadlines", "BodyTimeoutError", "header_timeout_protocol"]
 log = logging.getLogger("stn_deploy.runtime.server")
 
 
-def _sweep_interval(timeout_s: float) -> float:
-    return min(1.0, timeout_s / 4)
+def _arm(timeout_s: float, sweep) -> asyncio.TimerHandle:
+    """The next sweep, soon enough that nothing outlives its limit by more than a quarter."""
+    return asyncio.get_running_loop().call_later(min(1.0, timeout_s / 4), sweep)
 
 
 class BodyTimeoutError(Exception):
@@ -42,9 +43,9 @@ class BodyDeadlines:
     async def read(self, body: Awaitable[bytes]) -> bytes:
         """Await ``body`` (the read of one request's body) under the deadline."""
         task = asyncio.current_task()
-        if self._timer is None:
-            self._sweep()
         self._reading[task] = time.monotonic()
+        if self._timer is None:
+            self._timer = _arm(self.timeout_s, self._sweep)
         try:
             return await body
         except asyncio.CancelledError:
@@ -66,13 +67,12 @@ class BodyDeadlines:
             if now - started > self.timeout_s and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            _sweep_interval(self.timeout_s), self._sweep
-        )
+        self._timer = _arm(self.timeout_s, self._sweep) if self._reading else None
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
 
 _TIMEOUT_408 = (
@@ -92,9 +92,7 @@ class _HeaderWatch:
     def add(self, protocol) -> None:
         self.protocols.add(protocol)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(
-                _sweep_interval(self.timeout_s), self._sweep
-            )
+            self._timer = _arm(self.timeout_s, self._sweep)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -103,11 +101,7 @@ class _HeaderWatch:
             if since is not None and now - since > self.timeout_s:
                 self.protocols.discard(protocol)
                 protocol.stn_header_timeout(self.timeout_s)
-        self._timer = None
-        if self.protocols:
-            self._timer = asyncio.get_running_loop().call_later(
-                _sweep_interval(self.timeout_s), self._sweep
-            )
+        self._timer = _arm(self.timeout_s, self._sweep) if self.protocols else None
 
 
 def header_timeout_protocol(timeout_s: float) -> type | None:

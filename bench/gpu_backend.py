@@ -26,6 +26,11 @@ class Backend:
     device: torch.device
     ext: object = None
 
+    def poison(self, on: bool) -> None:
+        """NaN-fill outputs before each launch (CUDA only: the CPU build writes fresh arrays)."""
+        if self.ext is not None:
+            self.ext.set_poison(on)
+
     def _stream(self) -> int:
         return torch.cuda.current_stream().cuda_stream
 

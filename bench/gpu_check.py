@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gpu_backend import ROOT, Backend, build_extension, from_hwc8, to_hwc8
+from gpu_timing import copy_bandwidth, graph_us, measure
 
 MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
@@ -59,6 +59,7 @@ class CheckRow:
     tolerance: float
     skipped_boundary_pixels: int = 0
     ok: bool = True
+    rel_err: float = 0.0  # ||got - ref|| / ||ref||, the reference in float64
 
 
 def _near_boundary(grid: torch.Tensor, in_hw, ac: bool, margin=1e-3) -> torch.Tensor:
@@ -72,16 +73,18 @@ def _near_boundary(grid: torch.Tensor, in_hw, ac: bool, margin=1e-3) -> torch.Te
     return near[:, None]
 
 
-def _compare(got, want, tol, skip=None) -> tuple[float, int]:
-    diff = (got.float() - want.float()).abs()
+def _compare(got, want, tol, skip=None) -> tuple[float, float, int]:
+    """(max abs error, relative L2 error, pixels skipped); inf when anything is not finite."""
+    diff = (got.double() - want.double()).abs()
     skipped = 0
     if skip is not None:
         mask = skip.expand_as(diff)
         skipped = int(skip.sum())
         diff = torch.where(mask, torch.zeros_like(diff), diff)
-    if not torch.isfinite(got).all():
-        return float("inf"), skipped
-    return float(diff.max()), skipped
+    if not torch.isfinite(got).all():  # NaN poison left in place: an element never written
+        return float("inf"), float("inf"), skipped
+    rel = float(diff.norm() / want.double().norm().clamp_min(1e-30))
+    return float(diff.max()), rel, skipped
 
 
 def _inputs(shape, dtype, device, gen):
@@ -119,8 +122,8 @@ def check_table(backend: Backend, dtypes, gen) -> list[CheckRow]:
         for shape in CHECK_SHAPES:
             n, c, h, w, ho, wo = shape
             x, grid, theta, hom = _inputs(shape, dtype, backend.device, gen)
-            x32 = x.float()
-            agrid = {ac: F.affine_grid(theta, [n, c, ho, wo], align_corners=ac)
+            x64 = x.double()
+            agrid = {ac: F.affine_grid(theta.double(), [n, c, ho, wo], align_corners=ac)
                      for ac in (False, True)}
             pgrid = {ac: projective_grid(hom, base_grid(ho, wo, ac).to(backend.device), (ho, wo))
                      for ac in (False, True)}
@@ -140,14 +143,16 @@ def check_table(backend: Backend, dtypes, gen) -> list[CheckRow]:
                                                  (grid.float(), agrid[ac], pgrid[ac]),
                                                  (ho, wo), mode, padding, ac)
                         for op, got, ref_grid, fused in cases:
-                            want = F.grid_sample(x32, ref_grid, mode=mode, padding_mode=padding,
-                                                 align_corners=ac)
+                            want = F.grid_sample(x64, ref_grid.double(), mode=mode,
+                                                 padding_mode=padding, align_corners=ac)
                             skip = (_near_boundary(ref_grid, (h, w), ac)
                                     if fused and mode == "nearest" else None)
-                            err, skipped = _compare(got, want, TOL[dtype], skip)
+                            err, rel, skipped = _compare(got, want, TOL[dtype], skip)
                             rows.append(CheckRow(op, mode, padding, ac, str(dtype).split(".")[-1],
                                                  shape, err, TOL[dtype], skipped,
-                                                 err < TOL[dtype]))
+                                                 err < TOL[dtype], rel))
+            if backend.device.type == "cuda":
+                torch.cuda.synchronize()  # an asynchronous kernel fault surfaces at its shape
     return rows
 
 
@@ -183,45 +188,6 @@ def check_special(backend: Backend, gen) -> list[dict]:
 # ---- timing ----------------------------------------------------------------------------------
 
 
-def _timer(device: torch.device):
-    if device.type == "cuda":
-        def run(fn, iters):
-            start = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-            stop = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-            for a, b in zip(start, stop):
-                a.record()
-                fn()
-                b.record()
-            torch.cuda.synchronize()
-            return statistics.median(a.elapsed_time(b) * 1e3 for a, b in zip(start, stop))
-    else:
-        def run(fn, iters):
-            samples = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - t0) * 1e6)
-            return statistics.median(samples)
-    return run
-
-
-def measure(fn, device, iters: int, warmup: int = 5) -> float:
-    """Median microseconds per call."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return _timer(device)(fn, iters)
-
-
-def copy_bandwidth(device, iters: int, nbytes: int) -> float:
-    """GB/s of a device-to-device copy (bytes read + written), measured now."""
-    a = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
-    b = torch.empty_like(a)
-    us = measure(lambda: b.copy_(a), device, iters)
-    return 2 * nbytes / (us * 1e-6) / 1e9
-
-
 @dataclass
 class BenchRow:
     case: str
@@ -238,6 +204,11 @@ class BenchRow:
     hwc8_fused_us: float | None = None
     hwc8_gbps: float | None = None
     hwc8_pct_of_copy: float | None = None
+    # GPU time per call from a CUDA graph of 20 calls: launch gaps removed (None on the CPU)
+    fused_graph_us: float | None = None
+    eager_graph_us: float | None = None
+    speedup_vs_eager_graph: float | None = None
+    fused_graph_pct_of_copy: float | None = None
     notes: list = field(default_factory=list)
 
 
@@ -258,6 +229,8 @@ def _time_case(backend: Backend, tensors, out_hw, compiled, iters: int):
     proj = measure(lambda: backend.projective(x, hom, out_hw, "bilinear", "zeros", False), dev,
                    iters)
     eager = measure(lambda: _eager(x, theta, out_hw), dev, iters)
+    graphs = (graph_us(lambda: backend.affine(x, theta, out_hw, "bilinear", "zeros", False), dev),
+              graph_us(lambda: _eager(x, theta, out_hw), dev))
     comp = None
     if compiled:
         try:
@@ -266,15 +239,18 @@ def _time_case(backend: Backend, tensors, out_hw, compiled, iters: int):
             comp = measure(lambda: fn(x, theta, out_hw), dev, iters)
         except Exception as exc:  # torch.compile can fail on some setups: report, do not stop
             notes.append(f"torch.compile failed: {type(exc).__name__}: {exc}"[:300])
-    return (fused, generic, proj, eager, comp), notes
+    return (fused, generic, proj, eager, comp), graphs, notes
 
 
 def _time_hwc8(backend: Backend, x, theta, out_hw, iters: int, copy_gbps: float):
     """(us, GB/s, % of copy) of the fused affine kernel on kHWC8 fp16 tensors."""
     xp = to_hwc8(x)
     c = x.shape[1]
-    us = measure(lambda: backend.hwc8("affine", xp, theta, c, out_hw, "bilinear", "zeros", False),
-                 backend.device, iters)
+    def call():
+        return backend.hwc8("affine", xp, theta, c, out_hw, "bilinear", "zeros", False)
+
+    # GPU time from a graph where one can be captured: this row is about bandwidth, not launches.
+    us = graph_us(call, backend.device) or measure(call, backend.device, iters)
     moved = (xp.numel() + x.shape[0] * out_hw[0] * out_hw[1] * xp.shape[-1]) * xp.element_size()
     gbps = moved / (us * 1e-6) / 1e9
     return round(us, 2), round(gbps, 1), round(100 * gbps / copy_gbps, 1)
@@ -295,7 +271,9 @@ def bench(backend: Backend, cases, dtypes, iters: int, copy_gbps: float, compile
             hom = hom.to(dev, dtype)
             out_hw = (h, w)
             grid = F.affine_grid(theta.float(), [n, c, h, w], align_corners=False).to(dtype)
-            times, notes = _time_case(backend, (x, theta, hom, grid), out_hw, compiled, iters)
+            times, graphs, notes = _time_case(backend, (x, theta, hom, grid), out_hw, compiled,
+                                              iters)
+            fused_g, eager_g = graphs
             fused, generic, proj, eager, comp = times
             moved = (x.numel() + n * c * h * w) * x.element_size() + theta.numel() * 4
             gbps = moved / (fused * 1e-6) / 1e9
@@ -311,8 +289,18 @@ def bench(backend: Backend, cases, dtypes, iters: int, copy_gbps: float, compile
                 speedup_vs_compile=None if comp is None else round(comp / fused, 2),
                 fused_gbps=round(gbps, 1), fused_pct_of_copy=round(100 * gbps / copy_gbps, 1),
                 hwc8_fused_us=hwc[0] if hwc else None, hwc8_gbps=hwc[1] if hwc else None,
-                hwc8_pct_of_copy=hwc[2] if hwc else None, notes=notes))
+                hwc8_pct_of_copy=hwc[2] if hwc else None,
+                fused_graph_us=_round(fused_g), eager_graph_us=_round(eager_g),
+                speedup_vs_eager_graph=(round(eager_g / fused_g, 2) if fused_g and eager_g
+                                        else None),
+                fused_graph_pct_of_copy=(round(100 * moved / (fused_g * 1e-6) / 1e9 / copy_gbps, 1)
+                                         if fused_g else None),
+                notes=notes))
     return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -365,10 +353,16 @@ def print_tables(checks: list[CheckRow], special: list[dict], rows: list[BenchRo
     for c in checks:
         key = (c.op, c.dtype)
         worst[key] = max(worst.get(key, 0.0), c.max_abs_err)
-    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} cases within tolerance")
+    worst_rel = {}
+    for c in checks:
+        key = (c.op, c.dtype)
+        worst_rel[key] = max(worst_rel.get(key, 0.0), c.rel_err)
+    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} cases within tolerance "
+          "(reference: F.grid_sample in float64)")
     for (op, dtype), err in sorted(worst.items()):
         tol = TOL[getattr(torch, dtype)]
-        print(f"  {op:<11} {dtype:<8} worst max-abs-err {err:.3g} (tol {tol})")
+        print(f"  {op:<11} {dtype:<8} worst max-abs-err {err:.3g} (tol {tol}), "
+              f"worst relative L2 {worst_rel[(op, dtype)]:.3g}")
     for c in bad[:20]:
         print(f"  FAIL {asdict(c)}")
     sp_ok = sum(s["matches_cpu_build"] for s in special)
@@ -385,8 +379,18 @@ def print_tables(checks: list[CheckRow], special: list[dict], rows: list[BenchRo
               f"{r.ours_projective_us:9.1f}{r.torch_eager_us:9.1f}{comp}"
               f"{r.speedup_vs_eager:9.2f}{xc}{r.fused_gbps:8.1f}{r.fused_pct_of_copy:7.1f}"
               + (f"{r.hwc8_fused_us:9.1f}{r.hwc8_pct_of_copy:7.1f}" if r.hwc8_fused_us else ""))
-    print("times in microseconds (median); fused = STNAffineGridSample kernel (NCHW), eager = "
-          "F.affine_grid + F.grid_sample, hwc8 = fused kernel on fp16 kHWC8 tensors")
+    print("times in microseconds (median of per-call CUDA events); fused = STNAffineGridSample "
+          "kernel (NCHW), eager = F.affine_grid + F.grid_sample, hwc8 = fused kernel on fp16 "
+          "kHWC8 tensors (GPU time from a CUDA graph)")
+    graphed = [r for r in rows if r.fused_graph_us is not None]
+    if graphed:
+        print(f"{'GPU time per call, CUDA graph of 20 calls':<29}{'fused':>9}{'eager':>9}"
+              f"{'x eager':>9}{'%copy':>7}")
+        for r in graphed:
+            eager = f"{r.eager_graph_us:9.2f}" if r.eager_graph_us else f"{'-':>9}"
+            ratio = f"{r.speedup_vs_eager_graph:9.2f}" if r.speedup_vs_eager_graph else f"{'-':>9}"
+            print(f"{r.case:<20}{r.dtype:<9}{r.fused_graph_us:9.2f}{eager}{ratio}"
+                  f"{r.fused_graph_pct_of_copy:7.1f}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -422,9 +426,14 @@ def main(argv=None) -> int:
         print(f"built the CUDA extension in {time.perf_counter() - t0:.0f} s")
         backend = Backend("cuda-extension", torch.device("cuda"), ext)
         dtypes, cases, iters = (torch.float32, torch.float16), BENCH_CASES, args.iters
+    t0 = time.perf_counter()
+    backend.poison(True)  # an element a kernel never writes stays NaN and fails its row
     checks = [] if args.skip_check else check_table(backend, dtypes, gen)
     special = [] if args.skip_check else check_special(backend, gen)
-    copy_gbps = copy_bandwidth(backend.device, iters, 64 << 20 if not args.dry_run else 8 << 20)
+    backend.poison(False)
+    print(f"checked {len(checks)} + {len(special)} cases in {time.perf_counter() - t0:.0f} s")
+    # 1 GiB: far past the L2 (60 MB on an H200), so this is the memory ceiling, not the cache's.
+    copy_gbps = copy_bandwidth(backend.device, iters, 1 << 30 if not args.dry_run else 8 << 20)
     rows = bench(backend, cases, dtypes, iters, copy_gbps,
                  compile_=not args.no_compile and not args.dry_run, gen=gen)
     print_tables(checks, special, rows, copy_gbps)

@@ -94,6 +94,10 @@ class CudaPython(Cuda):
     def _ok(self, result) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
+            # Clear the thread's last-error slot: a failure like cudaErrorMemoryAllocation is not
+            # sticky, but left there it is what the next library to check it (torch's launch
+            # check, TensorRT) reports as its own error.
+            self.rt.cudaGetLastError()
             _, name = self.rt.cudaGetErrorName(err)
             name = name.decode() if isinstance(name, bytes) else name
             raise CudaError(f"CUDA call failed: {name}")

@@ -53,7 +53,6 @@ def test_dry_run_checks_every_case_and_writes_the_report(tmp_path):
     assert "dry run" in report["targets"]["note"]  # CPU timings judge no GPU target
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def _row(case: str, dtype: str, speedup: float, hwc8_pct: float | None):
     from gpu_check import BenchRow
 
@@ -85,6 +84,7 @@ def test_targets_judge_the_issue_cases(monkeypatch):
     assert not targets([], dry_run=False)["fused_affine_fp32_2x_eager_at_C<=3"]["met"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_the_real_run_refuses_with_the_fix(tmp_path):
     proc = _run(out=tmp_path)
     assert proc.returncode == 2

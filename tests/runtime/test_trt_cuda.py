@@ -30,6 +30,10 @@ class FakeCudart:
     def cudaGetErrorName(self, err):
         return 0, {2: b"cudaErrorMemoryAllocation", 900: b"cudaErrorStreamCaptureInvalidated"}[err]
 
+    def cudaGetLastError(self):
+        self._log("get_last_error")
+        return (0,)
+
     def cudaGetDeviceCount(self):
         return 0, self.devices
 
@@ -76,6 +80,7 @@ def test_calls_unpack_and_errors_are_named():
     assert cuda.device_alloc(64) == 0xD000
     with pytest.raises(CudaError, match="cudaErrorMemoryAllocation"):
         cuda.device_alloc(1 << 41)
+    assert cuda.rt.calls[-1] == ("get_last_error",)  # the failure is not left for the next caller
 
 
 def test_device_info_strips_the_c_string_and_formats_versions():

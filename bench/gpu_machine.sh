@@ -44,6 +44,7 @@ if ! "$PY" -c "import stn_deploy.runtime" 2>/dev/null; then
     ln -s "$PWD"/stn_deploy/*.py "$shim"/
     for sub in models export runtime plugins; do ln -s "$PWD/$sub" "$shim/$sub"; done
     export PYTHONPATH="$(dirname "$shim")${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONSAFEPATH=1  # else `python -c/-m` puts ./ first, whose stn_deploy/ is partial
 fi
 step "import stn_deploy" 60 "$PY" -c "import stn_deploy.runtime.trt, stn_deploy.plugins.cpu"
 step "gpu_check.py" 360 "$PY" bench/gpu_check.py --out "$OUT" ${GPU_CHECK_ARGS:-}

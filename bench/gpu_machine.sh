@@ -19,6 +19,7 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
 exec > >(tee "$OUT/gpu_machine.log") 2>&1
 
 summary=()
+safe=()
 status=0
 step() {  # step NAME TIMEOUT_S CMD...: run, time, remember the result
     local name=$1 limit=$2 t0=$SECONDS rc
@@ -44,11 +45,11 @@ if ! "$PY" -c "import stn_deploy.runtime" 2>/dev/null; then
     ln -s "$PWD"/stn_deploy/*.py "$shim"/
     for sub in models export runtime plugins; do ln -s "$PWD/$sub" "$shim/$sub"; done
     export PYTHONPATH="$(dirname "$shim")${PYTHONPATH:+:$PYTHONPATH}"
-    export PYTHONSAFEPATH=1  # else `python -c/-m` puts ./ first, whose stn_deploy/ is partial
+    safe=(env PYTHONSAFEPATH=1)  # else `python -c/-m` puts ./ first, whose stn_deploy/ is partial
 fi
-step "import stn_deploy" 60 "$PY" -c "import stn_deploy.runtime.trt, stn_deploy.plugins.cpu"
+step "import stn_deploy" 60 "${safe[@]}" "$PY" -c "import stn_deploy.runtime.trt, stn_deploy.plugins.cpu"
 step "gpu_check.py" 360 "$PY" bench/gpu_check.py --out "$OUT" ${GPU_CHECK_ARGS:-}
-step "pytest -m gpu" 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+step "pytest -m gpu" 300 "${safe[@]}" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
     --junitxml "$OUT/pytest-gpu.xml" tests/runtime/test_trt_session_gpu.py \
     tests/plugins/test_gpu_kernels.py
 # A skipped GPU test checked nothing: on this machine that is a failure, not a pass.

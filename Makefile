@@ -40,9 +40,10 @@ trt-check: $(STAMP)
 	$(PY) -c "import tensorrt" 2>/dev/null || $(PY) -m pip install -q -e '.[trt]'
 	$(PY) bench/trt_check.py
 
-# GPU machines only: kernels as a PyTorch CUDA extension vs F.grid_sample, eager and torch.compile.
+# GPU machines only: kernels as a PyTorch CUDA extension vs F.grid_sample, eager and torch.compile,
+# then the gpu-marked tests (TrtSession's CUDA side). Without the venv: bash bench/gpu_machine.sh.
 gpu-check: $(STAMP)
-	$(PY) bench/gpu_check.py --out bench/results
+	PYTHON=$(PY) bash bench/gpu_machine.sh bench/results
 
 # The plugin library (CUDA kernels; the TensorRT plugin when TensorRT headers are found).
 plugins: $(STAMP)

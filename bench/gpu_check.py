@@ -350,12 +350,10 @@ def print_tables(checks: list[CheckRow], special: list[dict], rows: list[BenchRo
                  copy_gbps: float) -> None:
     bad = [c for c in checks if not c.ok]
     worst = {}
-    for c in checks:
-        key = (c.op, c.dtype)
-        worst[key] = max(worst.get(key, 0.0), c.max_abs_err)
     worst_rel = {}
     for c in checks:
         key = (c.op, c.dtype)
+        worst[key] = max(worst.get(key, 0.0), c.max_abs_err)
         worst_rel[key] = max(worst_rel.get(key, 0.0), c.rel_err)
     print(f"correctness: {len(checks) - len(bad)}/{len(checks)} cases within tolerance "
           "(reference: F.grid_sample in float64)")

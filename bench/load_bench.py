@@ -51,7 +51,9 @@ from stn_deploy.load_client import (
     own_cpu_s,
     run,
     run_level,
+    server_batch_stats,
 )
+from stn_deploy.runtime.bench import cpu_model, installed_versions
 from stn_deploy.serve import default_ort_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,21 +186,6 @@ def served(model: Path | None, name: str, max_batch: int, max_delay_ms: float, t
         log.close()
 
 
-def _metrics(host: str, port: int) -> dict:
-    """Mean batch size and call count from the server's own /metrics."""
-    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        for key in ("stn_batch_size_sum", "stn_batch_size_count"):
-            if line.startswith(key + "{"):
-                values[key] = float(line.rsplit(" ", 1)[1])
-    count = values.get("stn_batch_size_count", 0)
-    return {
-        "backend_calls": int(count),
-        "mean_batch": round(values.get("stn_batch_size_sum", 0) / count, 2) if count else 0,
-    }
-
-
 def bench_server(
     host: str,
     port: int,
@@ -222,37 +209,30 @@ def bench_server(
         print(
             f"  c={c:<4} {r.throughput:8.1f}/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
             f"  cpu/req client {r.client_cpu_ms_per_request:.3f} ms server "
-            f"{r.server_cpu_ms_per_request} ms  errors {r.errors} mismatches {r.mismatches}",
+            f"{r.server_cpu_ms_per_request} ms {_split(r.server_cpu_ms_per_request_by_thread)}"
+            f" errors {r.errors} mismatches {r.mismatches}",
             flush=True,
         )
         results.append(r)
     return results
 
 
+def _split(by_thread: dict | None) -> str:
+    if not by_thread:
+        return ""
+    return f"(event loops {by_thread['main']:.3f}, other threads {by_thread['threads']:.3f}) "
+
+
 # -- report ---------------------------------------------------------------------------------------
 def _machine() -> dict:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}  # fmt: skip
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("stn-deploy", "onnxruntime", "numpy", "uvicorn", "starlette", "torch"):
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
+    return installed_versions(
+        ("stn-deploy", "onnxruntime", "numpy", "uvicorn", "starlette", "torch")
+    )
 
 
 def run_load_bench(
@@ -310,7 +290,7 @@ def run_load_bench(
             report["server"] = {"url": server, "levels": [asdict(r) for r in results]}
             return report
         print("raw ONNX Runtime session:", flush=True)
-        report["raw_session"] = raw_session_best(path)
+        report["raw_session"] = raw_session_best(path, raw_seconds)
         best = report["raw_session"]["best"]
         print(f"  best: {best}", flush=True)
         # batching off: one request, one backend call (max_batch = the request's own size)
@@ -340,7 +320,7 @@ def run_load_bench(
                     "workers": workers,
                     "ort_threads": threads or default_ort_threads(workers),
                     "levels": [asdict(r) for r in results],
-                    **_metrics(host, port),
+                    **server_batch_stats(host, port),
                 }
             servers["http_floor"] = stack.enter_context(served(None, name, 1, 0.0, None))
             report["rounds"] = _interleaved_rounds(
@@ -423,11 +403,21 @@ def _interleaved_rounds(
             (r["server_cpu_ms_per_request"] + r["client_cpu_ms_per_request"]) * 1000 / samples
             for r in out[k]
         ]))  # fmt: skip
+    # where the server's CPU went: event loops (HTTP, decode, encode) vs the other threads
+    # (batching thread with the model, ONNX Runtime's pool); see load_client.process_cpu_split
+    by_thread = {
+        k: {part: round(float(np.median([
+            r["server_cpu_ms_per_request_by_thread"][part] * 1000 / samples for r in out[k]
+        ])), 1) for part in ("main", "threads")}
+        for k in ("batched", "per_request", "http_floor")
+        if all(r["server_cpu_ms_per_request_by_thread"] for r in out[k])
+    }  # fmt: skip
     return {
         "concurrency": c,
         "runs": out,
         "median_throughput": median,
         "median_cpu_us_per_sample": {k: round(v, 1) for k, v in cpu_us.items()},
+        "median_server_cpu_us_per_sample_by_thread": by_thread,
     }
 
 

@@ -123,7 +123,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def installed_versions(dists: Sequence[str]) -> dict[str, str]:
+    """{distribution: version} of those installed (missing ones left out)."""
+    return {d: v for d in dists if (v := _version(d)) is not None}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -140,7 +146,7 @@ def environment() -> dict:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_avg_1_5_15": list(load) if load else None,
         "python": platform.python_version(),

@@ -20,7 +20,16 @@ import numpy as np
 
 from stn_deploy.runtime.protocol import encode_infer_request
 
-__all__ = ["LevelResult", "build_requests", "run_level", "run", "process_cpu_s", "own_cpu_s"]
+__all__ = [
+    "LevelResult",
+    "build_requests",
+    "run_level",
+    "run",
+    "process_cpu_s",
+    "process_cpu_split",
+    "own_cpu_s",
+    "server_batch_stats",
+]
 
 
 @dataclass
@@ -35,6 +44,8 @@ class LevelResult:
     p99_ms: float
     client_cpu_ms_per_request: float = 0.0
     server_cpu_ms_per_request: float | None = None  # only when the server is our subprocess
+    # that figure by thread kind (process_cpu_split): {"main": event loops, "threads": the rest}
+    server_cpu_ms_per_request_by_thread: dict[str, float] | None = None
 
 
 def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samples: int = 1):
@@ -83,23 +94,62 @@ def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
     )
 
 
-def process_cpu_s(pid: int | None) -> float | None:
-    """user+system CPU seconds of a process and its live children (Linux /proc), else None.
+def _ticks(stat_path: Path) -> int | None:
+    """user + system clock ticks from a /proc .../stat file, or None when it is gone."""
+    try:
+        fields = stat_path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])
 
-    Children count because ``serve --workers N`` serves from child processes.
+
+def process_cpu_split(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds of a process and its live children (Linux /proc), by thread kind, or None.
+
+    ``main``: each process's main thread (in ``stn-deploy serve`` workers, the event loop:
+    HTTP, decode, encode); ``threads``: all other threads (the batching thread, which runs the
+    model, and any ONNX Runtime pool threads). Children count because ``serve --workers N``
+    serves from child processes.
     """
     if pid is None:
         return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    tick = os.sysconf("SC_CLK_TCK")
+    main = _ticks(Path(f"/proc/{pid}/task/{pid}/stat")) or 0  # read first: whole >= main
+    whole = _ticks(Path(f"/proc/{pid}/stat"))  # includes the threads that have exited
+    if whole is None:
         return None
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    split = {"main": main / tick, "threads": (whole - main) / tick}
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         children = []
-    return total + sum(process_cpu_s(int(c)) or 0.0 for c in children)
+    for child in children:
+        for kind, seconds in (process_cpu_split(int(child)) or {}).items():
+            split[kind] += seconds
+    return split
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """user+system CPU seconds of a process and its live children (Linux /proc), else None."""
+    split = process_cpu_split(pid)
+    return None if split is None else split["main"] + split["threads"]
+
+
+def server_batch_stats(host: str, port: int) -> dict:
+    """Backend calls and mean batch size so far, from an stn-deploy server's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for key in ("stn_batch_size_sum", "stn_batch_size_count"):
+            if line.startswith(key + "{"):
+                values[key] = float(line.rsplit(" ", 1)[1])
+    count = values.get("stn_batch_size_count", 0)
+    return {
+        "backend_calls": int(count),
+        "mean_batch": round(values.get("stn_batch_size_sum", 0) / count, 2) if count else 0,
+    }
 
 
 def own_cpu_s() -> float:
@@ -145,15 +195,18 @@ async def run_level(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    start, cpu0, server0 = time.perf_counter(), own_cpu_s(), process_cpu_s(pid)
+    start, cpu0, server0 = time.perf_counter(), own_cpu_s(), process_cpu_split(pid)
     await asyncio.gather(*(stream() for _ in range(concurrency)))
     seconds = time.perf_counter() - start
-    cpu, server1 = own_cpu_s() - cpu0, process_cpu_s(pid)
+    cpu, server1 = own_cpu_s() - cpu0, process_cpu_split(pid)
     # Every answer is checked, after the timed window: on a 2-core box the check's CPU would
     # otherwise be taken from the server under test (about 30 µs per request).
     counters["mismatches"] = sum(not _check(b, h, expected[k]) for k, b, h in answers)
     n = max(1, len(latencies))
-    server_ms = None if server1 is None else round((server1 - server0) * 1000 / n, 4)
+    by_thread = None
+    if server0 is not None and server1 is not None:
+        by_thread = {k: round((server1[k] - server0[k]) * 1000 / n, 4) for k in server1}
+    server_ms = None if by_thread is None else round(sum(by_thread.values()), 4)
     lat = np.asarray(latencies) * 1000
     return LevelResult(
         concurrency=concurrency, requests=len(latencies), errors=counters["errors"],
@@ -162,6 +215,7 @@ async def run_level(
         p50_ms=round(float(np.percentile(lat, 50)), 3),
         p99_ms=round(float(np.percentile(lat, 99)), 3),
         client_cpu_ms_per_request=round(cpu * 1000 / n, 4), server_cpu_ms_per_request=server_ms,
+        server_cpu_ms_per_request_by_thread=by_thread,
     )  # fmt: skip
 
 

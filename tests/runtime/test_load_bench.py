@@ -37,7 +37,7 @@ def test_client_checks_each_response_against_its_request(toy_onnx):
         bad = load_client.run(
             load_client.run_level(host, int(port), requests, wrong, 2, 10, 10.0, samples=2)
         )
-    assert (good.requests, good.errors, good.mismatches) == (40, 0, 0)
+    assert (good.requests, good.errors, good.mismatches) == (200, 0, 0)
     assert good.throughput > 0 and good.p50_ms <= good.p99_ms
     assert (bad.requests, bad.errors, bad.mismatches) == (10, 0, 10)
     assert np.asarray(expected).shape == (16, 2, 10)
@@ -96,3 +96,64 @@ def test_raw_only_measures_the_ceiling_for_a_two_machine_run(toy_onnx, tmp_path,
     assert len(combos) == 16 and all(r["throughput"] > 0 for r in raw["runs"])
     assert raw["best_throughput"] == max(r["throughput"] for r in raw["runs"])
     assert "raw ONNX Runtime session, best:" in capsys.readouterr().out
+
+
+def test_server_cpu_is_split_between_main_thread_and_other_threads():
+    """A thread that burns CPU shows up under "threads", not "main"; the parts add up."""
+    import os
+    import threading
+    import time
+
+    pid = os.getpid()
+    before = load_client.process_cpu_split(pid)
+
+    def burn() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()  # gone before the second read: its CPU must still be counted
+    after = load_client.process_cpu_split(pid)
+    grew = {k: after[k] - before[k] for k in after}
+    assert set(grew) == {"main", "threads"}
+    assert grew["threads"] >= 0.25  # ticks are 10 ms: 0.3 s of burning reads at least 0.25
+    assert grew["main"] < 0.2  # the main thread only waited
+    total = load_client.process_cpu_s(pid)
+    assert abs(total - (after["main"] + after["threads"])) < 0.05
+    assert load_client.process_cpu_split(None) is None
+    assert load_client.process_cpu_split(2**22 + 12345) is None  # no such process
+
+
+def test_local_run_reports_targets_and_where_the_server_cpu_went(toy_onnx, tmp_path):
+    """The default mode: servers as subprocesses, interleaved rounds, the issue's targets."""
+    import json
+
+    from stn_deploy.cli import main
+
+    out = tmp_path / "local.json"
+    rc = main(["serve-bench", "--", str(toy_onnx), "--levels", "2", "--max-requests", "200",
+               "--max-seconds", "1", "--rounds", "2", "--raw-seconds", "0.02",
+               "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    report = json.loads(out.read_text())
+    for kind in ("batched", "per_request"):
+        (level,) = report[kind]["levels"]
+        assert (level["requests"], level["errors"], level["mismatches"]) == (200, 0, 0)
+        split = level["server_cpu_ms_per_request_by_thread"]  # 10 ms ticks: no sign to check
+        assert abs(split["main"] + split["threads"] - level["server_cpu_ms_per_request"]) < 1e-3
+    rounds = report["rounds"]
+    assert all(len(rounds["runs"][k]) == 2 for k in ("raw_session", "batched", "per_request"))
+    by_thread = rounds["median_server_cpu_us_per_sample_by_thread"]
+    assert set(by_thread) == {"batched", "per_request", "http_floor"}
+    assert by_thread["batched"]["main"] > 0
+    targets = report["targets"]
+    median = rounds["median_throughput"]
+    assert targets["vs_raw_session"] == round(median["batched"] / median["raw_session"], 3)
+    assert targets["vs_per_request"] == round(median["batched"] / median["per_request"], 2)
+    assert targets["errors_and_mismatches"] == 0
+    assert targets["met"] == (
+        median["batched"] >= 0.5 * median["raw_session"]
+        and median["batched"] >= 3 * median["per_request"]
+    )

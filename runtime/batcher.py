@@ -258,7 +258,9 @@ class DynamicBatcher:
         finally:
             with self._cond:
                 self._incoming -= 1
-                if self._incoming == 0 and self._worker_waiting:
+                # A pending _tick decides for itself (runs a lone request here or wakes the
+                # worker): waking the worker now only makes it race the loop for the GIL.
+                if self._incoming == 0 and self._worker_waiting and not self._tick_scheduled:
                     self._cond.notify()
 
     @property

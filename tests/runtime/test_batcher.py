@@ -372,3 +372,34 @@ def test_inline_only_when_nothing_else_is_active_and_the_session_allows_any_thre
     with DynamicBatcher(pinned, _INLINE) as b:
         asyncio.run(one(b))
     assert seen == ["stn-batcher"]
+
+
+def test_a_lone_request_leaves_the_worker_asleep(rng):
+    """The HTTP layer's incoming() block around a lone request must not wake the worker thread:
+    a wake-up for nothing cost 50 µs of CPU per request at concurrency 1 (2026-11-30)."""
+    import asyncio
+
+    sess = _AnyThread().open()
+    xs = [_x(rng, 1) for _ in range(5)]
+
+    async def lone(b, x):
+        with b.incoming():  # as the server does: read, decode, submit
+            pending = b.submit_async({"input": x})
+        return await pending
+
+    async def run(b):
+        return [await lone(b, x) for x in xs]
+
+    with DynamicBatcher(sess, _INLINE) as b:
+        deadline = time.monotonic() + 5
+        while not b._worker_waiting and time.monotonic() < deadline:
+            time.sleep(0.01)  # the worker is asleep, waiting for its first request
+        wakes = []
+        notify = b._cond.notify
+        b._cond.notify = lambda n=1: wakes.append(n) or notify(n)
+        outs = asyncio.run(run(b))
+        woken = list(wakes)  # before close(), which wakes the worker to stop it
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out["logits"], x * 3)
+    assert sess.threads == [threading.main_thread().name] * 5
+    assert woken == []

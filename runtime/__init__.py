@@ -1,7 +1,8 @@
 """Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface, and the server."""
 
 from stn_deploy.runtime.backends import open_session
-from stn_deploy.runtime.batcher import BatcherConfig, DynamicBatcher
+from stn_deploy.runtime.batcher import DynamicBatcher
+from stn_deploy.runtime.batcher_config import BatcherConfig
 from stn_deploy.runtime.ort import OrtSession
 from stn_deploy.runtime.session import (
     BackendUnavailableError,

@@ -26,11 +26,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stn_deploy import __version__
-from stn_deploy.runtime.batcher import (
+from stn_deploy.runtime.batcher import DynamicBatcher
+from stn_deploy.runtime.batcher_config import (
     BatcherClosedError,
     BatcherConfig,
     DeadlineExceededError,
-    DynamicBatcher,
     QueueFullError,
     RequestTooLargeError,
 )

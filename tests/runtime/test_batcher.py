@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from stn_deploy.runtime.batcher import (
+from stn_deploy.runtime.batcher import DynamicBatcher
+from stn_deploy.runtime.batcher_config import (
     BatcherClosedError,
     BatcherConfig,
     DeadlineExceededError,
-    DynamicBatcher,
     QueueFullError,
     RequestTooLargeError,
 )

@@ -53,8 +53,8 @@ from stn_deploy.load_client import (
     run_level,
     server_batch_stats,
 )
+from stn_deploy.model_source import default_ort_threads
 from stn_deploy.runtime.bench import cpu_model, installed_versions
-from stn_deploy.serve import default_ort_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -66,8 +66,8 @@ def bench_model(model: str | None, workdir: Path) -> Path:
     """An ONNX file to serve: MODEL, the tutorial-R checkpoint, or a random tutorial STN."""
     if model and Path(model).suffix == ".onnx":
         return Path(model)
+    from stn_deploy.model_source import checkpoint_onnx
     from stn_deploy.models import shipped_checkpoints
-    from stn_deploy.serve import checkpoint_onnx
 
     ckpt = model or shipped_checkpoints().get("tutorial-R")
     if ckpt:

@@ -1,218 +1,34 @@
-"""CLI glue for serving: turn MODEL into an open Session and hand it to the runtime server.
+"""CLI glue for serving: hand MODEL's open Session to the runtime server.
 
-``stn-deploy serve MODEL`` and ``stn-deploy triton-repo MODEL --out DIR``; MODEL is a checkpoint
-directory (or a shipped checkpoint's name), an ``.onnx`` file or a TensorRT engine. Checkpoints
-are exported to ONNX once into a cache keyed by the checkpoint's bytes. Also
-:func:`demo_serve`, the demo's round trip through a real server and client.
+``stn-deploy serve MODEL``, ``serve-bench`` and ``triton-repo MODEL --out DIR``; turning MODEL
+(a checkpoint directory or shipped name, an ``.onnx`` file or a TensorRT engine) into a Session
+is :mod:`stn_deploy.model_source`. Also :func:`demo_serve`, the demo's round trip through a real
+server and client.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import importlib.util
 import logging
 import os
 import re
 import time
 from pathlib import Path
 
-from stn_deploy.errors import StnDeployError
+from stn_deploy.model_source import (
+    ENGINE_SUFFIXES,
+    ServeError,
+    checkpoint_onnx,
+    default_ort_threads,
+    model_name,
+    open_served,
+    resolve_model,
+)
 
-__all__ = ["register", "resolve_model", "checkpoint_onnx", "pick_backend", "demo_serve"]
+__all__ = ["register", "demo_serve"]
 
 log = logging.getLogger("stn_deploy.serve")
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-EXTRA_OUTPUTS = ("theta", "warped")
-
-
-class ServeError(StnDeployError):
-    """MODEL cannot be served as asked."""
-
-
-# -- MODEL -> Session ---------------------------------------------------------------------------
-def _has_gpu() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def pick_backend(model: str | os.PathLike, backend: str = "auto") -> str:
-    """'auto': an engine needs trt; otherwise trt when tensorrt and a GPU are here, else ort."""
-    if backend != "auto":
-        return backend
-    if Path(model).suffix in ENGINE_SUFFIXES:
-        return "trt"
-    if importlib.util.find_spec("tensorrt") is not None and _has_gpu():
-        return "trt"
-    return "ort"
-
-
-def model_name(model: str | os.PathLike) -> str:
-    path = Path(model)
-    return path.name if path.is_dir() or not path.suffix else path.stem
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("STN_DEPLOY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "stn-deploy"
-    )
-    return Path(root) / "onnx"
-
-
-def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
-    path = Path(ckpt)
-    if path.is_dir():
-        return path
-    from stn_deploy.models import shipped_checkpoints
-
-    shipped = shipped_checkpoints()
-    if str(ckpt) in shipped:
-        return Path(shipped[str(ckpt)])
-    raise ServeError(
-        f"MODEL {ckpt} is neither a checkpoint directory, a shipped checkpoint "
-        f"({', '.join(shipped) or 'none shipped'}), an .onnx file nor an engine"
-    )
-
-
-def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Path:
-    """Export a checkpoint to ONNX once; the cache key hashes its files and the exporter's."""
-    ckpt_dir = _checkpoint_dir(ckpt)
-    digest = hashlib.sha256()
-    for f in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
-    # the exporter's own source too: a changed exporter must not serve a stale cached graph
-    import stn_deploy.export
-
-    for f in sorted(Path(stn_deploy.export.__file__).parent.glob("*.py")):
-        digest.update(f.read_bytes())
-    tag = "-".join(extra_outputs) or "logits"
-    out = _cache_dir() / f"{ckpt_dir.name}-{digest.hexdigest()[:16]}-{tag}.onnx"
-    if not out.is_file():
-        from stn_deploy.export.onnx_export import export_checkpoint
-
-        log.info("exporting %s to %s", ckpt_dir, out)
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        export_checkpoint(ckpt_dir, tmp, extra_outputs=tuple(extra_outputs))
-        os.replace(tmp, out)
-    return out
-
-
-def default_ort_threads(workers: int = 1) -> int:
-    """All cores but one per server process: each event loop decoding and encoding requests
-    needs its own; what is left is shared among the ``workers`` processes.
-
-    Measured on 2 cores (bench/load_bench.py raw runs): one intra-op thread costs 68 us of CPU
-    per sample at batch 16-256, two non-spinning threads 76-87 us, two spinning ones 131-144 us;
-    under load the server's CPU per request is what bounds its throughput.
-    """
-    return max(1, ((os.cpu_count() or 2) - workers) // workers)
-
-
-def _ort_hooks():
-    # Do not let ORT's idle intra-op threads spin: the HTTP event loop needs those cycles
-    # between batches (measured in bench/load_bench.py).
-    def no_spin(options) -> None:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    return [no_spin]
-
-
-def _torch_session(ckpt: str | os.PathLike, threads: int | None):
-    from stn_deploy.models import load_model
-    from stn_deploy.runtime.session import TensorSpec
-    from stn_deploy.runtime.torch_session import TorchSession
-
-    loaded = load_model(ckpt)
-    spec = TensorSpec("input", (None, *loaded.input_shape), "float32")
-    return TorchSession(
-        _with_extras(loaded.model), [spec], ("logits", *EXTRA_OUTPUTS), threads=threads
-    )
-
-
-def _with_extras(model):
-    """model(x) -> (logits, theta, warped), as the ONNX export names them.
-
-    The zoo's protocol first (``forward(x, return_aux=True)`` -> ``(logits, {theta, warped})``,
-    warped in raw pixel units, exactly what the exporter reads); otherwise the first Warp's
-    outputs.
-    """
-    import inspect
-
-    import torch
-
-    from stn_deploy.models.sampling import Warp
-
-    try:
-        takes_aux = "return_aux" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        takes_aux = False
-
-    class WithExtras(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.seen: list = []
-            for m in model.modules():
-                if isinstance(m, Warp):
-                    m.register_forward_hook(lambda _m, _a, out: self.seen.append(out))
-
-        def forward(self, x):
-            self.seen = []
-            if takes_aux:
-                logits, aux = self.model(x, return_aux=True)
-                return logits, aux["theta"], aux["warped"]
-            out = self.model(x)
-            logits = out["logits"] if isinstance(out, dict) else out
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            if not self.seen:
-                raise ServeError("the model has no stn_deploy Warp: theta/warped unavailable")
-            warped, theta = self.seen[0]
-            return logits, theta, warped
-
-    return WithExtras()
-
-
-def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int | None = None):
-    """(name, open Session, backend) for MODEL: a checkpoint dir, an .onnx file or an engine."""
-    from stn_deploy.runtime.backends import open_session
-
-    path = Path(model)
-    backend = pick_backend(model, backend)
-    is_ckpt = path.is_dir() or (not path.suffix and not path.exists())
-    if backend == "torch":
-        if not is_ckpt:
-            raise ServeError(f"--backend torch needs a checkpoint directory, got {model}")
-        return model_name(model), _torch_session(model, threads).open(), backend
-    if path.suffix in ENGINE_SUFFIXES and backend != "trt":
-        raise ServeError(f"{model} is a TensorRT engine; serve it with --backend trt")
-    if backend == "trt" and path.suffix not in ENGINE_SUFFIXES:
-        raise ServeError(
-            f"--backend trt serves an engine; build one first: stn-deploy export {model} "
-            "--out model.onnx && stn-deploy build model.onnx --out model.engine"
-        )
-    if is_ckpt:
-        path = checkpoint_onnx(model)
-    elif not path.is_file():
-        raise ServeError(f"MODEL {model} does not exist (a checkpoint dir, .onnx or engine)")
-    options = {}
-    if backend == "ort":
-        options = {"threads": threads or default_ort_threads(), "session_hooks": _ort_hooks()}
-    return model_name(model), open_session(path, backend, **options), backend
-
-
-def open_served(model: str, backend: str, threads: int | None, name: str | None):
-    """A ServedModel for MODEL, opened here (each ``--workers`` process calls this itself)."""
-    from stn_deploy.runtime.http_server import ServedModel
-
-    resolved_name, session, _ = resolve_model(model, backend, threads)
-    return ServedModel(name or resolved_name, session)
 
 
 # -- commands -----------------------------------------------------------------------------------

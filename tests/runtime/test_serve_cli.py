@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stn_deploy.serve import ServeError, demo_serve, pick_backend, resolve_model
+from stn_deploy.model_source import ServeError, pick_backend, resolve_model
+from stn_deploy.serve import demo_serve
 
 
 def test_demo_serve_round_trip_matches_local_session(toy_onnx, capsys):

@@ -111,7 +111,7 @@ _SUPERVISOR = textwrap.dedent(
     import functools, sys
     from stn_deploy.runtime.http_server import ServerConfig
     from stn_deploy.runtime.workers import serve_workers
-    from stn_deploy.serve import open_served
+    from stn_deploy.model_source import open_served
 
     opener = functools.partial(open_served, sys.argv[1], "ort", 1, None)
     if sys.argv[3] == "broken":
@@ -158,7 +158,7 @@ def test_a_dead_worker_is_replaced_and_a_failed_start_stops_the_server(toy_onnx,
 def test_default_threads_leave_each_worker_a_core_for_its_event_loop(
     monkeypatch, cores, workers, threads
 ):
-    from stn_deploy.serve import default_ort_threads
+    from stn_deploy.model_source import default_ort_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_ort_threads(workers) == threads

@@ -33,8 +33,9 @@ log = logging.getLogger("stn_deploy.serve")
 
 # -- commands -----------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig, run_server
+    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
     from stn_deploy.runtime.logs import configure_json_logging
+    from stn_deploy.runtime.uvicorn_runner import run_server
 
     if args.workers < 1:
         raise ServeError(f"--workers must be >= 1, got {args.workers}")
@@ -271,7 +272,8 @@ def demo_serve(
     import numpy as np
     import tritonclient.http as httpclient
 
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
+    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
+    from stn_deploy.runtime.uvicorn_runner import ServerThread
 
     if images is not None:
         n_requests = min(n_requests, len(images))

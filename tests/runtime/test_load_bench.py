@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from stn_deploy import load_client
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
+from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
+from stn_deploy.runtime.uvicorn_runner import ServerThread
 
 _PATH = Path(__file__).resolve().parents[2] / "bench" / "load_bench.py"
 

@@ -15,9 +15,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig, ServerThread
+from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
 from stn_deploy.runtime.session import Session
+from stn_deploy.runtime.uvicorn_runner import ServerThread
 
 pytest.importorskip("httptools", reason="header timeouts need uvicorn's httptools protocol")
 

@@ -44,6 +44,7 @@ from stn_deploy.runtime.slow_clients import (
     BodyDeadlines,
     BodyTimeoutError,
 )
+from stn_deploy.runtime.triton_repo import model_config_json
 
 __all__ = ["ServerConfig", "ServedModel", "create_app"]  # running it: runtime.uvicorn_runner
 
@@ -155,7 +156,11 @@ class _Endpoints:
     # -- health and metadata -------------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse(
-            {"name": "stn-deploy", "version": __version__, "extensions": ["binary_tensor_data"]}
+            {
+                "name": "stn-deploy",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "model_configuration"],
+            }
         )
 
     async def live(self, request: Request) -> Response:
@@ -180,6 +185,24 @@ class _Endpoints:
 
     async def model_ready(self, request: Request) -> Response:
         return self._unknown(request) or await self.ready(request)
+
+    async def model_config(self, request: Request) -> Response:
+        """Triton's model configuration extension: what Triton-aware clients and tools read."""
+        if (unknown := self._unknown(request)) is not None:
+            return unknown
+        try:
+            config = model_config_json(
+                self.model.name,
+                self.model.platform,
+                # what one request may carry (the batcher splits it into max_batch batches)
+                self.config.max_request_batch,
+                round(self.config.max_delay_ms * 1000),
+                self.model.session.inputs,
+                self.model.session.outputs,
+            )
+        except SessionError as exc:
+            return _error(400, f"no Triton model configuration for this model: {exc}")
+        return JSONResponse(config)
 
     async def metrics_page(self, request: Request) -> Response:
         body, content_type = self.metrics.render(self.batcher.queued_rows)
@@ -332,7 +355,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     elif exc.status_code == 404:
         message = (
             f"no endpoint {request.method} {request.url.path}; this server has /v2, "
-            "/v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/infer], /metrics"
+            "/v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/config|/infer], "
+            "/metrics"
         )
     else:
         message = str(exc.detail)
@@ -353,6 +377,8 @@ def create_app(
         Route("/v2/models/{name}/ready", ep.model_ready),
         Route("/v2/models/{name}/versions/{version}", ep.model_meta),
         Route("/v2/models/{name}/versions/{version}/ready", ep.model_ready),
+        Route("/v2/models/{name}/config", ep.model_config),
+        Route("/v2/models/{name}/versions/{version}/config", ep.model_config),
         Route("/metrics", ep.metrics_page),
         # POST never gets here (_InferFastPath takes it); other methods get a JSON 405.
         Route("/v2/models/{name}/infer", _InferRoute(ep), methods=["POST"]),

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from stn_deploy.runtime.session import SessionError, TensorSpec
 
-__all__ = ["TritonRepoConfig", "onnx_specs", "config_pbtxt", "write_triton_repo"]
+__all__ = [
+    "TritonRepoConfig",
+    "onnx_specs",
+    "tensor_configs",
+    "model_config_json",
+    "config_pbtxt",
+    "write_triton_repo",
+]
 
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 _FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}
@@ -83,16 +90,42 @@ def onnx_specs(path: str | os.PathLike) -> tuple[tuple[TensorSpec, ...], tuple[T
     return inputs, tuple(spec(v) for v in model.graph.output)
 
 
-def _tensor_block(specs: Sequence[TensorSpec]) -> str:
+def tensor_configs(specs: Sequence[TensorSpec]) -> list[dict]:
+    """Triton TensorConfig entries as JSON: the batch dimension left out, -1 where dynamic."""
     entries = []
     for s in specs:
         if s.dtype not in _TYPES:
             raise SessionError(f"tensor {s.name!r} has dtype {s.dtype}, which Triton cannot take")
-        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in s.shape[1:])
-        entries.append(
-            f'  {{\n    name: "{s.name}"\n    data_type: {_TYPES[s.dtype]}\n'
-            f"    dims: [ {dims} ]\n  }}"
-        )
+        dims = [d if isinstance(d, int) else -1 for d in s.shape[1:]]
+        entries.append({"name": s.name, "data_type": _TYPES[s.dtype], "dims": dims})
+    return entries
+
+
+def model_config_json(
+    name: str,
+    platform: str,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> dict:
+    """A ModelConfig in its JSON form, as Triton's model configuration extension returns it."""
+    return {
+        "name": name,
+        "platform": platform,
+        "max_batch_size": max_batch_size,
+        "input": tensor_configs(inputs),
+        "output": tensor_configs(outputs),
+        "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
+    }
+
+
+def _tensor_block(specs: Sequence[TensorSpec]) -> str:
+    entries = [
+        f'  {{\n    name: "{t["name"]}"\n    data_type: {t["data_type"]}\n'
+        f"    dims: [ {', '.join(map(str, t['dims']))} ]\n  }}"
+        for t in tensor_configs(specs)
+    ]
     return "[\n" + ",\n".join(entries) + "\n]"
 
 

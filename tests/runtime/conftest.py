@@ -59,3 +59,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_config_pb2():
+    """Triton's ModelConfig protobuf module, as tritonclient ships it."""
+    import importlib.util
+    import os
+
+    import tritonclient
+
+    try:  # the grpc extra imports it normally
+        from tritonclient.grpc import model_config_pb2
+
+        return model_config_pb2
+    except (ImportError, RuntimeError):  # without grpcio: load the generated module by path
+        path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
+        spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module

@@ -42,7 +42,8 @@ def test_tritonclient_end_to_end(session, rng):
         meta = client.get_model_metadata("toy-stn")
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
         assert [o["name"] for o in meta["outputs"]] == ["logits", "theta", "warped"]
-        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+        extensions = client.get_server_metadata()["extensions"]
+        assert extensions == ["binary_tensor_data", "model_configuration"]
 
         for binary_in, binary_out, n in [(True, True, 3), (False, False, 2), (True, False, 1)]:
             x = _x(rng, n)
@@ -374,3 +375,32 @@ def test_stalled_body_is_408_and_closed_while_others_are_served(session, rng):
 def test_server_config_rejects_a_non_positive_timeout(field):
     with pytest.raises(ValueError, match="body_timeout_s and header_timeout_s must be > 0"):
         ServerConfig(**{field: 0})
+
+
+def test_model_configuration_extension_is_tritons_model_config(session, model_config_pb2):
+    """GET .../config, read by tritonclient and parsed as Triton's ModelConfig protobuf."""
+    from google.protobuf import json_format
+
+    cfg = ServerConfig(port=0, max_batch=8, max_delay_ms=1.5, max_request_batch=32)
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        client = httpclient.InferenceServerClient(srv.url)
+        raw = client.get_model_config("toy-stn")
+        assert client.get_model_config("toy-stn", model_version="1") == raw
+        with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+            client.get_model_config("other")
+        with pytest.raises(InferenceServerException, match="version '2'"):
+            client.get_model_config("toy-stn", model_version="2")
+    pb2 = model_config_pb2
+    parsed = json_format.ParseDict(raw, pb2.ModelConfig())  # unknown fields would raise
+    assert (parsed.name, parsed.platform) == ("toy-stn", "onnxruntime_onnx")
+    assert parsed.max_batch_size == 32  # what one request may carry
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 1500
+    assert [(t.name, t.data_type, list(t.dims)) for t in parsed.input] == [
+        ("input", pb2.TYPE_FP32, [1, 8, 8])
+    ]
+    assert [(t.name, t.data_type, list(t.dims)) for t in parsed.output] == [
+        ("logits", pb2.TYPE_FP32, [10]),
+        ("theta", pb2.TYPE_FP32, [2, 3]),
+        ("warped", pb2.TYPE_FP32, [1, 8, 8]),
+    ]
+    assert raw["input"][0]["dims"] == [1, 8, 8]  # numbers, as Triton sends them

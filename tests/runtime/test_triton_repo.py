@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
-import tritonclient
 from google.protobuf import text_format
 
 from stn_deploy.cli import main
@@ -14,32 +10,19 @@ from stn_deploy.runtime.session import SessionError, TensorSpec
 from stn_deploy.runtime.triton_repo import TritonRepoConfig, onnx_specs, write_triton_repo
 
 
-def _model_config_pb2():
-    try:  # the grpc extra imports it normally
-        from tritonclient.grpc import model_config_pb2
-
-        return model_config_pb2
-    except (ImportError, RuntimeError):  # without grpcio: load the generated module by path
-        path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
-        spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+def _parse(path, pb2):
+    return text_format.Parse(path.read_text(), pb2.ModelConfig())
 
 
-def _parse(path):
-    pb2 = _model_config_pb2()
-    return text_format.Parse(path.read_text(), pb2.ModelConfig()), pb2
-
-
-def test_onnxruntime_repo_via_cli(toy_onnx, tmp_path, capsys):
+def test_onnxruntime_repo_via_cli(toy_onnx, tmp_path, capsys, model_config_pb2):
     out = tmp_path / "repo"
     rc = main(["triton-repo", str(toy_onnx), "--out", str(out), "--max-batch", "32",
                "--max-delay-us", "1500", "--instances", "2"])  # fmt: skip
     assert rc == 0
     model_dir = out / "toy-stn"
     assert (model_dir / "1" / "model.onnx").read_bytes() == toy_onnx.read_bytes()
-    cfg, pb2 = _parse(model_dir / "config.pbtxt")
+    pb2 = model_config_pb2
+    cfg = _parse(model_dir / "config.pbtxt", pb2)
     assert cfg.name == "toy-stn"
     assert cfg.platform == "onnxruntime_onnx"
     assert cfg.max_batch_size == 32
@@ -55,7 +38,9 @@ def test_onnxruntime_repo_via_cli(toy_onnx, tmp_path, capsys):
     assert str(model_dir / "config.pbtxt") in capsys.readouterr().out
 
 
-def test_tensorrt_repo_ships_plugin_and_autoload_with_backend_config(toy_onnx, tmp_path):
+def test_tensorrt_repo_ships_plugin_and_autoload_with_backend_config(
+    toy_onnx, tmp_path, model_config_pb2
+):
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"serialized engine bytes")
     plugin = tmp_path / "libstn_plugins.so"
@@ -71,7 +56,8 @@ def test_tensorrt_repo_ships_plugin_and_autoload_with_backend_config(toy_onnx, t
     assert (model_dir / "plugins" / "libstn_plugins.so").read_bytes() == b"\x7fELF fake"
     autoload = model_dir / "plugins" / "libstn_plugins_autoload.so"
     assert autoload.read_bytes() == b"\x7fELF autoload"
-    parsed, pb2 = _parse(model_dir / "config.pbtxt")
+    pb2 = model_config_pb2
+    parsed = _parse(model_dir / "config.pbtxt", pb2)
     assert parsed.platform == "tensorrt_plan"
     assert parsed.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
     readme = (model_dir / "README.md").read_text()
@@ -105,3 +91,15 @@ def test_tensorrt_without_engine_is_a_clear_error(toy_onnx, tmp_path):
         write_triton_repo(tmp_path, TritonRepoConfig("m", "tensorrt"), onnx_path=toy_onnx)
     assert main(["triton-repo", str(toy_onnx), "--out", str(tmp_path), "--backend",
                  "tensorrt"]) == 2  # fmt: skip
+
+
+def test_model_config_json_names_a_dtype_triton_cannot_take():
+    from stn_deploy.runtime.triton_repo import model_config_json
+
+    good = TensorSpec("input", (None, 3), "float16")
+    config = model_config_json("m", "onnxruntime_onnx", 8, 0, [good], [good])
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP16", "dims": [3]}]
+    with pytest.raises(SessionError, match="'z' has dtype complex64"):
+        model_config_json(
+            "m", "onnxruntime_onnx", 8, 0, [good], [TensorSpec("z", (None,), "complex64")]
+        )

@@ -49,7 +49,21 @@ class TorchSession(Session):
         self.module = self.module.eval().to(self.device)
         self._fn = torch.compile(self.module) if self.compile else self.module
         self.inputs = self._input_specs
-        self.outputs = tuple(TensorSpec(n, (None,), "float32") for n in self._output_names)
+        self.outputs = self._probe_outputs()
+
+    def _probe_outputs(self) -> tuple[TensorSpec, ...]:
+        """Output specs from one sample of zeros: a module does not declare its output shapes,
+        and clients read them from the model's metadata (with torch.compile this is also the
+        compilation, at open rather than on the first request). Inputs with a dynamic dimension
+        past the batch cannot be probed; their outputs stay rank-unknown."""
+        if not all(isinstance(d, int) for s in self.inputs for d in s.shape[1:]):
+            return tuple(TensorSpec(n, (None,), "float32") for n in self._output_names)
+        zeros = {s.name: np.zeros((1, *s.shape[1:]), s.dtype) for s in self.inputs}
+        outs = self._infer(zeros)
+        return tuple(
+            TensorSpec(n, (None, *outs[n].shape[1:]), outs[n].dtype.name)
+            for n in self._output_names
+        )
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

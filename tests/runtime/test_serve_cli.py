@@ -75,6 +75,8 @@ def test_checkpoint_serves_the_same_outputs_on_torch_and_ort(tmp_path, monkeypat
     for backend in ("ort", "torch"):
         name, session, used = resolve_model("tutorial-R", backend, threads=1)
         assert (name, used) == ("tutorial-R", backend)
+        shapes = {s.name: s.shape[1:] for s in session.outputs}
+        assert shapes == {"logits": (10,), "theta": (2, 3), "warped": (1, 28, 28)}, backend
         outs[backend] = session.infer({"input": x})
         session.close()
     assert sorted(outs["ort"]) == ["logits", "theta", "warped"]

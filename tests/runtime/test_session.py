@@ -27,6 +27,16 @@ def test_torch_session_names_outputs(rng):
     np.testing.assert_allclose(out["total"], x.sum(axis=(1, 2, 3)), rtol=1e-5)
 
 
+def test_torch_session_reports_its_output_shapes():
+    """Probed with one sample at open: metadata and /config show real shapes, not [-1]."""
+    with _torch_session() as sess:
+        specs = {s.name: (s.shape, s.dtype) for s in sess.outputs}
+    assert specs == {"twice": ((None, 1, 4, 4), "float32"), "total": ((None,), "float32")}
+    dynamic = TensorSpec("input", (None, 1, None, None), "float32")
+    with TorchSession(_Doubler(), [dynamic], ["twice", "total"]) as sess:
+        assert [s.shape for s in sess.outputs] == [(None,), (None,)]  # cannot probe: unknown
+
+
 @pytest.mark.parametrize(
     ("feeds", "message"),
     [

@@ -403,6 +403,7 @@ class DynamicBatcher:
             feeds = _concatenate(batch)
         total = sum(it.rows for it in batch)
         failed = False
+        inputs_ready = time.monotonic()
         try:
             outputs = self.session.infer(feeds)
             for name, value in outputs.items():
@@ -414,13 +415,17 @@ class DynamicBatcher:
         except Exception as exc:  # the batch's own failure goes to its callers only
             failed = True
             outcomes: list[tuple[_Item, Any]] = [(it, exc) for it in batch]
+            inferred = time.monotonic()
         else:
+            inferred = time.monotonic()
             offset, outcomes = 0, []
             for it in batch:
                 end = offset + it.rows
                 outcomes.append((it, {n: v[offset:end] for n, v in outputs.items()}))
                 offset = end
-        observed = (total, [start - it.enqueued for it in batch], time.monotonic() - start, failed)
+        end = time.monotonic()
+        phases = (inputs_ready - start, inferred - inputs_ready, end - inferred)
+        observed = (total, [start - it.enqueued for it in batch], end - start, failed, phases)
         return rejected + outcomes, observed
 
     @staticmethod

@@ -77,8 +77,18 @@ class BatcherConfig:
 
 
 class BatchObserver(Protocol):
-    """Receives one call per batch run (the metrics module implements it)."""
+    """Receives one call per batch run (the metrics module implements it).
+
+    ``infer_seconds`` is the whole run; ``phases`` splits it into preparing the inputs
+    (concatenating, the NaN/Inf check), the backend call, and splitting the outputs per request
+    (Triton's compute_input, compute_infer and compute_output).
+    """
 
     def on_batch(
-        self, size: int, queue_seconds: list[float], infer_seconds: float, failed: bool
+        self,
+        size: int,
+        queue_seconds: list[float],
+        infer_seconds: float,
+        failed: bool,
+        phases: tuple[float, float, float],
     ) -> None: ...

@@ -45,6 +45,7 @@ from stn_deploy.runtime.slow_clients import (
     BodyTimeoutError,
 )
 from stn_deploy.runtime.triton_repo import model_config_json
+from stn_deploy.runtime.triton_stats import model_statistics
 
 __all__ = ["ServerConfig", "ServedModel", "create_app"]  # running it: runtime.uvicorn_runner
 
@@ -159,7 +160,7 @@ class _Endpoints:
             {
                 "name": "stn-deploy",
                 "version": __version__,
-                "extensions": ["binary_tensor_data", "model_configuration"],
+                "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
             }
         )
 
@@ -203,6 +204,13 @@ class _Endpoints:
         except SessionError as exc:
             return _error(400, f"no Triton model configuration for this model: {exc}")
         return JSONResponse(config)
+
+    async def model_stats(self, request: Request) -> Response:
+        """Triton's statistics extension, read back from the metrics (all workers summed)."""
+        if "name" in request.path_params and (unknown := self._unknown(request)) is not None:
+            return unknown
+        stats = model_statistics(self.metrics, self.model.version)
+        return JSONResponse({"model_stats": [stats]})
 
     async def metrics_page(self, request: Request) -> Response:
         body, content_type = self.metrics.render(self.batcher.queued_rows)
@@ -355,8 +363,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     elif exc.status_code == 404:
         message = (
             f"no endpoint {request.method} {request.url.path}; this server has /v2, "
-            "/v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/config|/infer], "
-            "/metrics"
+            "/v2/health/{live,ready}, /v2/models/NAME[/versions/V][/ready|/config|/stats|/infer],"
+            " /v2/models/stats, /metrics"
         )
     else:
         message = str(exc.detail)
@@ -373,12 +381,15 @@ def create_app(
         Route("/v2", ep.server_metadata),
         Route("/v2/health/live", ep.live),
         Route("/v2/health/ready", ep.ready),
+        Route("/v2/models/stats", ep.model_stats),  # before {name}: every model's statistics
         Route("/v2/models/{name}", ep.model_meta),
         Route("/v2/models/{name}/ready", ep.model_ready),
         Route("/v2/models/{name}/versions/{version}", ep.model_meta),
         Route("/v2/models/{name}/versions/{version}/ready", ep.model_ready),
         Route("/v2/models/{name}/config", ep.model_config),
         Route("/v2/models/{name}/versions/{version}/config", ep.model_config),
+        Route("/v2/models/{name}/stats", ep.model_stats),
+        Route("/v2/models/{name}/versions/{version}/stats", ep.model_stats),
         Route("/metrics", ep.metrics_page),
         # POST never gets here (_InferFastPath takes it); other methods get a JSON 405.
         Route("/v2/models/{name}/infer", _InferRoute(ep), methods=["POST"]),

@@ -62,20 +62,50 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def model_config_pb2():
-    """Triton's ModelConfig protobuf module, as tritonclient ships it."""
+def triton_protos():
+    """Triton's protobuf modules as tritonclient ships them: (model_config_pb2, service_pb2).
+
+    With the grpc extra they import normally. Without grpcio, ``tritonclient.grpc`` refuses to
+    import, so the generated modules are loaded from its folder under a stand-in package.
+    """
     import importlib.util
     import os
+    import sys
+    import types
 
     import tritonclient
 
-    try:  # the grpc extra imports it normally
-        from tritonclient.grpc import model_config_pb2
+    try:
+        from tritonclient.grpc import model_config_pb2, service_pb2
 
-        return model_config_pb2
-    except (ImportError, RuntimeError):  # without grpcio: load the generated module by path
-        path = os.path.join(os.path.dirname(tritonclient.__file__), "grpc", "model_config_pb2.py")
-        spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return model_config_pb2, service_pb2
+    except (ImportError, RuntimeError):
+        pass
+    folder = os.path.join(os.path.dirname(tritonclient.__file__), "grpc")
+    package = types.ModuleType("tritonclient.grpc")
+    package.__path__ = [folder]
+    saved = {k: sys.modules.get(k) for k in ("tritonclient.grpc",)}
+    sys.modules["tritonclient.grpc"] = package
+    try:
+        loaded = []
+        for name in ("model_config_pb2", "service_pb2"):
+            full = f"tritonclient.grpc.{name}"
+            spec = importlib.util.spec_from_file_location(full, os.path.join(folder, name + ".py"))
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full] = module
+            setattr(package, name, module)
+            spec.loader.exec_module(module)  # service_pb2 imports model_config_pb2 from package
+            loaded.append(module)
+    finally:
+        for key, value in saved.items():  # the stand-in package must not outlive the loading
+            if value is None:
+                sys.modules.pop(key, None)
+            else:
+                sys.modules[key] = value
+    return tuple(loaded)
+
+
+@pytest.fixture(scope="session")
+def model_config_pb2(triton_protos):
+    """Triton's ModelConfig protobuf module, as tritonclient ships it."""
+    return triton_protos[0]

@@ -227,8 +227,10 @@ def test_observer_sees_every_batch(rng):
     seen = []
 
     class Obs:
-        def on_batch(self, size, queue_seconds, infer_seconds, failed):
+        def on_batch(self, size, queue_seconds, infer_seconds, failed, phases):
             seen.append((size, len(queue_seconds), failed))
+            assert len(phases) == 3 and min(phases) >= 0
+            assert sum(phases) == pytest.approx(infer_seconds, abs=1e-6)  # the run, in 3 parts
 
     sess = _Recorder().open()
     with DynamicBatcher(sess, BatcherConfig(max_batch=4, max_delay_ms=0), observer=Obs()) as b:

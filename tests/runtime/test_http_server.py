@@ -43,7 +43,7 @@ def test_tritonclient_end_to_end(session, rng):
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
         assert [o["name"] for o in meta["outputs"]] == ["logits", "theta", "warped"]
         extensions = client.get_server_metadata()["extensions"]
-        assert extensions == ["binary_tensor_data", "model_configuration"]
+        assert extensions == ["binary_tensor_data", "model_configuration", "statistics"]
 
         for binary_in, binary_out, n in [(True, True, 3), (False, False, 2), (True, False, 1)]:
             x = _x(rng, n)
@@ -404,3 +404,46 @@ def test_model_configuration_extension_is_tritons_model_config(session, model_co
         ("warped", pb2.TYPE_FP32, [1, 8, 8]),
     ]
     assert raw["input"][0]["dims"] == [1, 8, 8]  # numbers, as Triton sends them
+
+
+def test_statistics_extension_counts_what_happened(session, rng, triton_protos):
+    """GET .../stats via tritonclient: Triton's ModelStatisticsResponse, with the counts of the
+    requests sent here (each alone, so one backend call per request) and one bad request."""
+    from google.protobuf import json_format
+
+    cfg = ServerConfig(port=0, max_batch=8, max_delay_ms=0)
+    with ServerThread(ServedModel("toy-stn", session), cfg) as srv:
+        client = httpclient.InferenceServerClient(srv.url)
+        empty = client.get_inference_statistics("toy-stn")["model_stats"][0]
+        assert (empty["inference_count"], empty["execution_count"], empty["last_inference"]) == (
+            0, 0, 0
+        )  # fmt: skip
+        before = time.time()
+        for n in (2, 3, 2):
+            x = _x(rng, n)
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            client.infer("toy-stn", [inp])
+        bad = httpclient.InferInput("input", [1, 1, 8, 9], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 1, 8, 9), np.float32))
+        with pytest.raises(InferenceServerException, match="shape"):
+            client.infer("toy-stn", [bad])
+        stats = client.get_inference_statistics("toy-stn")
+        assert client.get_inference_statistics() == stats  # GET /v2/models/stats: every model
+        assert client.get_inference_statistics("toy-stn", model_version="1") == stats
+        with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+            client.get_inference_statistics("other")
+    json_format.ParseDict(stats, triton_protos[1].ModelStatisticsResponse())  # Triton's schema
+    (model,) = stats["model_stats"]
+    assert (model["name"], model["version"]) == ("toy-stn", "1")
+    assert (model["inference_count"], model["execution_count"]) == (7, 3)
+    assert before * 1000 <= model["last_inference"] <= time.time() * 1000
+    inf = model["inference_stats"]
+    assert (inf["success"]["count"], inf["fail"]["count"], inf["queue"]["count"]) == (3, 1, 3)
+    for phase in ("compute_input", "compute_infer", "compute_output"):
+        assert inf[phase]["count"] == 3 and inf[phase]["ns"] > 0
+    assert inf["success"]["ns"] > inf["compute_infer"]["ns"]  # a request's whole time covers it
+    assert inf["cache_hit"] == inf["cache_miss"] == {"count": 0, "ns": 0}
+    by_size = {b["batch_size"]: b for b in model["batch_stats"]}
+    assert sorted(by_size) == [2, 3]
+    assert [by_size[k]["compute_infer"]["count"] for k in (2, 3)] == [2, 1]

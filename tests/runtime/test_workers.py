@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,6 +97,11 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert b'stn_queue_samples{model="toy-stn"} 0.0' in page  # live workers' queues, summed
         assert b'stn_batch_size_count{model="toy-stn"} 24.0' in page  # one call per request
+        for _ in range(4):  # Triton's statistics extension reads the same summed values
+            url = f"http://127.0.0.1:{port}/v2/models/toy-stn/stats"
+            (stats,) = json.loads(urllib.request.urlopen(url, timeout=5).read())["model_stats"]
+            assert stats["inference_stats"]["success"]["count"] == 24
+            assert (stats["execution_count"], stats["inference_count"]) == (24, 48)
         served_by = {int(p.stem.rsplit("_", 1)[1]) for p in tmp_path.glob("counter_*.db")}
         assert served_by and served_by <= workers
         err = _sigterm(proc)

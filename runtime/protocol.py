@@ -23,7 +23,6 @@ from stn_deploy.errors import StnDeployError
 from stn_deploy.runtime.session import TensorSpec, non_finite_message
 
 __all__ = [
-    "encode_infer_request",
     "DATATYPES",
     "ProtocolError",
     "RequestedOutput",
@@ -439,35 +438,6 @@ def _binary_response_header(
             "parameters": {"binary_data_size": math.prod(shape) * dt.itemsize},
         })  # fmt: skip
     return _response_header(name, version, request_id, entries)
-
-
-def encode_infer_request(
-    inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ("logits",)
-) -> tuple[bytes, dict[str, str]]:
-    """A client's binary-tensor request body and headers (what tritonclient sends).
-
-    For clients that build requests themselves, such as the load benchmark, which pre-builds
-    them to keep its own CPU cost out of the measurement.
-    """
-    entries, chunks = [], []
-    for name, array in inputs.items():
-        raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-        entries.append({
-            "name": name,
-            "shape": list(array.shape),
-            "datatype": datatype_of(array.dtype),
-            "parameters": {"binary_data_size": len(raw)},
-        })
-        chunks.append(raw)
-    doc = {
-        "inputs": entries,
-        "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
-    }
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    return b"".join([header, *chunks]), {
-        "Content-Type": "application/octet-stream",
-        HEADER_LENGTH: str(len(header)),
-    }
 
 
 def model_metadata(

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.protocol import encode_infer_request
+from stn_deploy.runtime.protocol_client import encode_infer_request
 from stn_deploy.runtime.session import Session
 from stn_deploy.runtime.uvicorn_runner import ServerThread
 

@@ -160,7 +160,12 @@ class _Endpoints:
             {
                 "name": "stn-deploy",
                 "version": __version__,
-                "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+                "extensions": [
+                    "binary_tensor_data",
+                    "classification",
+                    "model_configuration",
+                    "statistics",
+                ],
             }
         )
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stn_deploy.errors import StnDeployError
+from stn_deploy.runtime import classification
 from stn_deploy.runtime.session import TensorSpec, non_finite_message
 
 __all__ = [
@@ -65,6 +66,7 @@ class ProtocolError(StnDeployError):
 class RequestedOutput(NamedTuple):
     name: str
     binary: bool
+    class_count: int = 0  # Triton's classification extension: top-k classes instead (0: off)
 
 
 class InferRequest(NamedTuple):
@@ -229,7 +231,12 @@ def _requested_outputs(doc: dict, output_names: Sequence[str]) -> tuple[Requeste
         if name not in output_names:
             raise ProtocolError(f"unknown output {name!r}; the model has {', '.join(output_names)}")
         out_params = entry.get("parameters") or {}
-        result.append(RequestedOutput(name, bool(out_params.get("binary_data", default_binary))))
+        binary = bool(out_params.get("binary_data", default_binary))
+        try:
+            k = classification.class_count(out_params.get("classification", 0), name)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        result.append(RequestedOutput(name, binary, k))
     return tuple(result)
 
 
@@ -378,7 +385,9 @@ def encode_infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """Build the response body and headers for the requested outputs."""
     arrays = [np.asarray(outputs[want.name]) for want in request.outputs]
-    if all(want.binary for want in request.outputs):  # the common case: one cached header
+    if any(want.class_count for want in request.outputs):
+        arrays = _classified(request.outputs, arrays)
+    elif all(want.binary for want in request.outputs):  # the common case: one cached header
         raws = [np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes() for a in arrays]
         layout = tuple(
             (want.name, a.dtype.str, a.shape) for want, a in zip(request.outputs, arrays)
@@ -391,15 +400,21 @@ def encode_infer_response(
     entries = []
     chunks: list[bytes] = []
     for want, array in zip(request.outputs, arrays):
+        text = array.dtype == object  # BYTES: a classification's "score:index" strings
         entry: dict[str, Any] = {
             "name": want.name,
-            "datatype": datatype_of(array.dtype),
+            "datatype": "BYTES" if text else datatype_of(array.dtype),
             "shape": list(array.shape),
         }
         if want.binary:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            if text:
+                raw = classification.bytes_tensor(array)
+            else:
+                raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif text:
+            entry["data"] = [item.decode() for item in array.ravel()]
         else:
             entry["data"] = array.ravel().tolist()
         entries.append(entry)
@@ -410,6 +425,16 @@ def encode_infer_response(
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def _classified(wanted: Sequence[RequestedOutput], arrays: list[np.ndarray]) -> list[np.ndarray]:
+    try:
+        return [
+            classification.top_k(a, w.class_count, w.name) if w.class_count else a
+            for w, a in zip(wanted, arrays)
+        ]
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _response_header(name: str, version: str, request_id: str | None, entries: list) -> bytes:

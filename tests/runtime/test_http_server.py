@@ -43,7 +43,9 @@ def test_tritonclient_end_to_end(session, rng):
         assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
         assert [o["name"] for o in meta["outputs"]] == ["logits", "theta", "warped"]
         extensions = client.get_server_metadata()["extensions"]
-        assert extensions == ["binary_tensor_data", "model_configuration", "statistics"]
+        assert extensions == [
+            "binary_tensor_data", "classification", "model_configuration", "statistics"
+        ]  # fmt: skip
 
         for binary_in, binary_out, n in [(True, True, 3), (False, False, 2), (True, False, 1)]:
             x = _x(rng, n)
@@ -447,3 +449,41 @@ def test_statistics_extension_counts_what_happened(session, rng, triton_protos):
     by_size = {b["batch_size"]: b for b in model["batch_stats"]}
     assert sorted(by_size) == [2, 3]
     assert [by_size[k]["compute_infer"]["count"] for k in (2, 3)] == [2, 1]
+
+
+def test_classification_extension_returns_the_top_classes(session, rng):
+    """InferRequestedOutput(class_count=k): the k best "score:index" per sample, binary or JSON;
+    only [batch, classes] outputs, and k must be a whole number."""
+    x = _x(rng, 4)
+    logits = session.infer({"input": x})["logits"]
+    best = np.argsort(-logits, axis=1, kind="stable")
+    with ServerThread(ServedModel("toy-stn", session), ServerConfig(port=0)) as srv:
+        client = httpclient.InferenceServerClient(srv.url)
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        for binary in (True, False):
+            outs = [
+                httpclient.InferRequestedOutput("logits", binary_data=binary, class_count=3),
+                httpclient.InferRequestedOutput("theta", binary_data=binary),
+            ]
+            res = client.infer("toy-stn", [inp], outputs=outs)
+            top = res.as_numpy("logits")
+            assert top.shape == (4, 3)
+            assert res.get_output("logits")["datatype"] == "BYTES"
+            for row in range(4):
+                pairs = [(s if isinstance(s, str) else s.decode()).split(":") for s in top[row]]
+                assert [int(i) for _, i in pairs] == list(best[row, :3])
+                np.testing.assert_allclose([float(v) for v, _ in pairs], logits[row, best[row, :3]],
+                                           atol=1e-6)  # fmt: skip
+            np.testing.assert_allclose(res.as_numpy("theta"), session.infer({"input": x})["theta"],
+                                       rtol=1e-5)  # fmt: skip
+        everything = httpclient.InferRequestedOutput("logits", class_count=50)
+        assert client.infer("toy-stn", [inp], outputs=[everything]).as_numpy("logits").shape == (
+            4, 10
+        )  # fmt: skip
+        wrong = httpclient.InferRequestedOutput("theta", class_count=2)
+        with pytest.raises(InferenceServerException, match="shape \\[4, 2, 3\\].*classes"):
+            client.infer("toy-stn", [inp], outputs=[wrong])
+        negative = httpclient.InferRequestedOutput("logits", class_count=-1)
+        with pytest.raises(InferenceServerException, match="whole number of classes >= 1"):
+            client.infer("toy-stn", [inp], outputs=[negative])

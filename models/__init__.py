@@ -2,6 +2,7 @@
 
 from stn_deploy.models.checkpoint import (
     LoadedModel,
+    checkpoint_dir,
     load_model,
     load_user_model,
     save_checkpoint,
@@ -20,6 +21,7 @@ __all__ = [
     "SamplerConfig",
     "Warp",
     "build_model",
+    "checkpoint_dir",
     "load_model",
     "load_user_model",
     "save_checkpoint",

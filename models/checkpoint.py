@@ -40,6 +40,7 @@ __all__ = [
     "load_user_model",
     "load_state_dict_file",
     "shipped_checkpoints",
+    "checkpoint_dir",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -257,7 +258,8 @@ def _read_config(ckpt: Path) -> dict[str, Any]:
     return config
 
 
-def _resolve_dir(ckpt_dir: str | os.PathLike) -> Path:
+def checkpoint_dir(ckpt_dir: str | os.PathLike) -> Path:
+    """The folder of a checkpoint given as a directory or a shipped checkpoint's name."""
     path = Path(ckpt_dir)
     if path.is_dir():
         return path
@@ -272,7 +274,7 @@ def _resolve_dir(ckpt_dir: str | os.PathLike) -> Path:
 
 def load_model(ckpt_dir: str | os.PathLike) -> LoadedModel:
     """Load a checkpoint directory (or a shipped checkpoint's name, e.g. ``tutorial-R``)."""
-    ckpt = _resolve_dir(ckpt_dir)
+    ckpt = checkpoint_dir(ckpt_dir)
     config = _read_config(ckpt)
     weights = ckpt / WEIGHTS_FILE
     if not weights.is_file():

@@ -69,18 +69,16 @@ def _cache_dir() -> Path:
 
 
 def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
-    path = Path(ckpt)
-    if path.is_dir():
-        return path
-    from stn_deploy.models import shipped_checkpoints
+    from stn_deploy.models import CheckpointError, checkpoint_dir, shipped_checkpoints
 
-    shipped = shipped_checkpoints()
-    if str(ckpt) in shipped:
-        return Path(shipped[str(ckpt)])
-    raise ServeError(
-        f"MODEL {ckpt} is neither a checkpoint directory, a shipped checkpoint "
-        f"({', '.join(shipped) or 'none shipped'}), an .onnx file nor an engine"
-    )
+    try:
+        return checkpoint_dir(ckpt)
+    except CheckpointError:
+        shipped = ", ".join(shipped_checkpoints()) or "none shipped"
+        raise ServeError(
+            f"MODEL {ckpt} is neither a checkpoint directory, a shipped checkpoint "
+            f"({shipped}), an .onnx file nor an engine"
+        ) from None
 
 
 def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Path:

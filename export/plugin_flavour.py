@@ -1,42 +1,47 @@
-"""Plugin flavour of the ONNX export: warps become nodes of our TensorRT GridSample plugin.
+"""Plugin flavour of the ONNX export: every warp becomes one node of our TensorRT plugin.
 
-The exporter calls three things (export/onnx_export.py):
+:func:`to_plugin` rewrites a standard-flavour graph, whatever module produced it. Each
+``GridSample`` becomes:
 
-- ``swap_warps(model)``: a deep copy whose ``Warp`` modules emit one plugin node each
-  (``STNAffineGridSample`` for affine/attention, ``STNProjectiveGridSample`` for homographies,
-  ``STNGridSample`` over the computed grid for TPS and any other warp). Eagerly the twins
-  compute exactly what the originals do, so tracing and verification see the same values.
-- ``custom_translation_table()``: ``aten.grid_sampler(_2d)`` -> ``STNGridSample``, for user
-  modules that call ``F.grid_sample`` directly.
-- ``fuse(proto)``: the standard flavour's MatMul affine grid feeding an ``STNGridSample``
-  becomes one ``STNAffineGridSample`` (no grid tensor at run time); anything else is left as is.
+- ``STNAffineGridSample(X, theta)`` when its grid is an affine grid of a per-sample [N,2,3]
+  matrix (or of the top two rows of an [N,3,3] one, as kornia's ``warp_affine`` builds it);
+- ``STNProjectiveGridSample(X, H)`` when its grid is ``(x, y) / z`` of a per-sample [N,3,3]
+  homography applied to the target pixels;
+- ``STNGridSample(X, grid)`` otherwise (thin-plate splines, flow fields, anything else).
 
-Every node lives in domain ``stn`` and carries ``plugin_namespace`` and ``plugin_version``, so
-TensorRT's ONNX parser finds the creator on every version >= 10.0.
+How a grid is recognised does not depend on how the module wrote it (``F.affine_grid``, a
+meshgrid with ``matmul``, ``bmm`` or ``einsum``, kornia, our own ``Warp`` classes): the nearest
+tensor T of shape [N,2,3] or [N,3,3] that the grid depends on alone (plus constants and shapes)
+is cut out with the grid generator between them, that sub-graph is run on a few random
+transforms, and its grids are compared with F.affine_grid's (or the homography's) for the
+sampler's ``align_corners``. A match within fp32 rounding replaces the whole generator with the
+fused node, so no grid tensor exists at run time. Every node lives in domain ``stn`` and carries
+``plugin_namespace`` and ``plugin_version`` (TensorRT's parser finds the creator on every
+version >= 10.0).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
-from torch import Tensor, nn
 
-from stn_deploy.models.sampling import (
-    AffineWarp,
-    ProjectiveWarp,
-    SamplerConfig,
-    Warp,
-    base_grid,
-    grid_sample,
-)
+from stn_deploy.export import geometry
+from stn_deploy.export.geometry import Cut, GraphIndex, Sampler, node_key
+from stn_deploy.models.sampling import SamplerConfig, base_grid
 from stn_deploy.plugins import names
 
-__all__ = ["swap_warps", "custom_translation_table", "fuse", "plugin_attributes"]
+__all__ = ["to_plugin", "FusionReport", "WarpOutcome", "plugin_attributes", "register_schemas"]
+
+PROBE_BATCH = 3
+PROBE_SEED = 20151207  # fixed: the same file exports the same graph every time
+# A generator matches when its grids agree with the closed form to this fraction of their range:
+# fp32 rounding of the module's own arithmetic stays near 1e-7, any real difference is >= 1e-3.
+PROBE_RTOL = 1e-5
 
 
 def plugin_attributes(config: SamplerConfig, out_hw: tuple[int, int] | None = None) -> dict:
@@ -53,65 +58,31 @@ def plugin_attributes(config: SamplerConfig, out_hw: tuple[int, int] | None = No
     return attrs
 
 
-def _emit(op_type: str, x: Tensor, coords: Tensor, attrs: dict, out_hw) -> Tensor:
-    return torch.onnx.ops.symbolic(
-        f"{names.ONNX_DOMAIN}::{op_type}",
-        (x, coords),
-        attrs,
-        dtype=x.dtype,
-        shape=(x.shape[0], x.shape[1], int(out_hw[0]), int(out_hw[1])),
-        version=int(names.PLUGIN_VERSION),
-    )
+def _infer_output(op_type: str):
+    """ONNX type/shape inference of a plugin node: Y is [N, C, Ho, Wo] with X's element type."""
+    unknown = onnx.TensorShapeProto.Dimension
+
+    def infer(ctx) -> None:
+        x = ctx.get_input_type(0).tensor_type
+        out = onnx.TypeProto()
+        out.tensor_type.elem_type = x.elem_type
+        if x.HasField("shape") and len(x.shape.dim) == 4:
+            if op_type == names.GRID_SAMPLE_OP:
+                grid = ctx.get_input_type(1).tensor_type
+                grid_dims = list(grid.shape.dim) if grid.HasField("shape") else []
+                hw = grid_dims[1:3] if len(grid_dims) == 4 else [unknown(), unknown()]
+            else:
+                attrs = [ctx.get_attribute(f) for f in (names.ATTR_OUT_HEIGHT,
+                                                        names.ATTR_OUT_WIDTH)]
+                hw = [unknown(dim_value=a.i) if a else unknown() for a in attrs]
+            out.tensor_type.shape.dim.extend([*x.shape.dim[:2], *hw])
+        ctx.set_output_type(0, out)
+
+    return infer
 
 
-def _fused_forward(op_type: str) -> Callable:
-    def forward(self: Warp, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        theta = self.to_theta(params)
-        if not torch.onnx.is_in_onnx_export():
-            return grid_sample(x, self.grid(theta), self.config), theta
-        attrs = plugin_attributes(self.config, self.out_hw)
-        return _emit(op_type, x, theta.to(x.dtype), attrs, self.out_hw), theta
-
-    return forward
-
-
-def _grid_forward(self: Warp, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    theta = self.to_theta(params)
-    grid = self.grid(theta)
-    if not torch.onnx.is_in_onnx_export():
-        return grid_sample(x, grid, self.config), theta
-    attrs = plugin_attributes(self.config)
-    return _emit(names.GRID_SAMPLE_OP, x, grid.to(x.dtype), attrs, grid.shape[1:3]), theta
-
-
-_TWINS: dict[type, type] = {}
-
-
-def _twin_class(cls: type[Warp]) -> type[Warp]:
-    """A subclass of the warp's own class whose forward emits the plugin node under export."""
-    if cls not in _TWINS:
-        if issubclass(cls, AffineWarp):
-            forward, op = _fused_forward(names.AFFINE_GRID_SAMPLE_OP), names.AFFINE_GRID_SAMPLE_OP
-        elif issubclass(cls, ProjectiveWarp):
-            op = names.PROJECTIVE_GRID_SAMPLE_OP
-            forward = _fused_forward(op)
-        else:
-            forward, op = _grid_forward, names.GRID_SAMPLE_OP
-        _TWINS[cls] = type(f"Plugin{cls.__name__}", (cls,), {"forward": forward, "plugin_op": op})
-    return _TWINS[cls]
-
-
-def swap_warps(model: nn.Module) -> nn.Module:
-    """Deep copy of ``model`` whose Warp modules export as plugin nodes (same eager values)."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, Warp) and not hasattr(type(module), "plugin_op"):
-            module.__class__ = _twin_class(type(module))
-    return model
-
-
-def _register_schemas() -> None:
-    """Declare our three ops to onnx's schema registry (once), so onnxscript can emit them."""
+def register_schemas() -> None:
+    """Declare our three ops to onnx's schema registry (once), for type and shape inference."""
     from onnx.defs import OpSchema
 
     version = int(names.PLUGIN_VERSION)
@@ -122,7 +93,7 @@ def _register_schemas() -> None:
         attrs += [OpSchema.Attribute(k, OpSchema.AttrType.STRING, required=False)
                   for k in ("plugin_namespace", "plugin_version")]
         second = "grid" if op_type == names.GRID_SAMPLE_OP else "transform"
-        onnx.defs.register_schema(OpSchema(
+        schema = OpSchema(
             op_type, names.ONNX_DOMAIN, version,
             doc=f"{op_type} of the stn TensorRT plugin (see plugins/README.md)",
             inputs=[OpSchema.FormalParameter("X", "T"), OpSchema.FormalParameter(second, "G")],
@@ -130,124 +101,209 @@ def _register_schemas() -> None:
             type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "data"),
                               ("G", ["tensor(float)", "tensor(float16)"], "coordinates")],
             attributes=attrs,
-        ))
+        )
+        schema.set_type_and_shape_inference_function(_infer_output(op_type))
+        onnx.defs.register_schema(schema)
 
 
-def _grid_sample_plugin(input, grid, interpolation_mode: int, padding_mode: int,
-                        align_corners: bool):
-    """aten::grid_sampler(_2d) -> stn::STNGridSample."""
-    from onnxscript import values
+@dataclass(frozen=True)
+class WarpOutcome:
+    """What became of one GridSample: the plugin op chosen and, if not fused, why not."""
 
-    _register_schemas()
-    stn = values.Opset(names.ONNX_DOMAIN, int(names.PLUGIN_VERSION))
-    config = SamplerConfig(
-        mode={v: k for k, v in names.INTERPOLATION_MODES.items()}[int(interpolation_mode)],
-        padding_mode={v: k for k, v in names.PADDING_MODES.items()}[int(padding_mode)],
-        align_corners=bool(align_corners),
-    )
-    return getattr(stn, names.GRID_SAMPLE_OP)(input, grid, **plugin_attributes(config))
+    node: str
+    op_type: str
+    transform: str | None = None  # the tensor a fused node reads
+    reason: str = ""
 
-
-def custom_translation_table() -> dict[Callable, Callable]:
-    """Translation-table entries of the plugin flavour (merged over the standard table)."""
-    aten = torch.ops.aten
-    return {
-        aten.grid_sampler.default: _grid_sample_plugin,
-        aten.grid_sampler_2d.default: _grid_sample_plugin,
-    }
+    @property
+    def fused(self) -> bool:
+        return self.op_type != names.GRID_SAMPLE_OP
 
 
-# ---- fuse: MatMul affine grid + STNGridSample -> STNAffineGridSample ----------------------
+@dataclass(frozen=True)
+class FusionReport:
+    """All warps of one export, in graph order."""
+
+    warps: tuple[WarpOutcome, ...]
+
+    @property
+    def fused(self) -> int:
+        return sum(w.fused for w in self.warps)
+
+    def summary(self) -> str:
+        text = f"plugin flavour: fused {self.fused} of {len(self.warps)} warp(s)"
+        rest = [f"{w.node}: {w.reason}" for w in self.warps if not w.fused]
+        return text + ("; not fused: " + "; ".join(rest) if rest else "")
 
 
-class _Graph:
-    """Producers, constants and use counts of a graph, for local pattern matching."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.consts[node.output[0]] = numpy_helper.to_array(attr.t)
-                    elif attr.name == "value_ints":
-                        self.consts[node.output[0]] = np.array(attr.ints, dtype=np.int64)
-
-    def node(self, name: str, op_type: str) -> onnx.NodeProto | None:
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op_type else None
+# ---- recognising affine and projective grids --------------------------------------------
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
+def _closed_form(kind: str, matrices: np.ndarray, out_hw, align: bool) -> np.ndarray:
+    """The grids F.affine_grid / a homography give for ``matrices`` (float64)."""
+    base = base_grid(*out_hw, align_corners=align, dtype=torch.float64).numpy()  # [HW, 3]
+    if kind == "projective":
+        points = base @ matrices.transpose(0, 2, 1)
+        grid = points[..., :2] / points[..., 2:3]
+    else:  # affine, from the top two rows
+        grid = base @ matrices[:, :2, :].transpose(0, 2, 1)
+    return grid.reshape(len(matrices), *out_hw, 2)
 
 
-def _match_affine_grid(g: _Graph, grid: str, align_corners: bool):
-    """(theta name, (h, w)) when ``grid`` = Reshape(MatMul(base, Transpose(theta)), [-1,h,w,2])."""
-    reshape = g.node(grid, "Reshape")
-    if reshape is None or reshape.input[1] not in g.consts:
-        return None
-    shape = g.consts[reshape.input[1]].tolist()
-    matmul = g.node(reshape.input[0], "MatMul")
-    if len(shape) != 4 or shape[3] != 2 or matmul is None:
-        return None
-    h, w = int(shape[1]), int(shape[2])
-    base = g.consts.get(matmul.input[0])
-    transpose = g.node(matmul.input[1], "Transpose")
-    if base is None or transpose is None or list(_attr(transpose, "perm", [])) != [0, 2, 1]:
-        return None
-    expected = base_grid(h, w, align_corners=align_corners).numpy()
-    if base.shape != expected.shape or not np.allclose(base, expected, atol=1e-6):
-        return None
-    return transpose.input[0], (h, w)
+def _probe_matrices(rows: int, kind: str) -> np.ndarray:
+    rng = np.random.default_rng(PROBE_SEED)
+    eye = np.eye(3)[:rows]
+    noise = rng.normal(size=(PROBE_BATCH, rows, 3))
+    if kind == "projective":
+        noise[:, 2, :2] *= 0.1  # keep z = h31 x + h32 y + h33 near 1: no pixel near a pole
+        return eye + 0.1 * noise
+    return eye + 0.3 * noise
+
+
+def _feeds(index: GraphIndex, cut: Cut, matrices: np.ndarray) -> dict[str, np.ndarray]:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    feeds = {cut.value: matrices.astype(tensor_dtype_to_np_dtype(index.elem_type(cut.value)))}
+    for name in cut.shape_sources:  # only their shapes matter; the batch must match
+        dims = index.shape(name) or ()
+        shape = [PROBE_BATCH if i == 0 else d for i, d in enumerate(dims)]
+        if any(not isinstance(d, int) for d in shape):
+            raise ValueError(f"{name} has a dynamic non-batch dimension")
+        elem = index.elem_type(name) or onnx.TensorProto.FLOAT
+        feeds[name] = np.zeros(shape, dtype=tensor_dtype_to_np_dtype(elem))
+    return feeds
+
+
+def _run_cut(index: GraphIndex, sampler: Sampler, cut: Cut, matrices: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    probe = geometry.submodel(index, cut.nodes, [cut.value, *cut.shape_sources],
+                              [sampler.coords])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    (grid,) = session.run(None, _feeds(index, cut, matrices))
+    return np.asarray(grid, dtype=np.float64)
+
+
+def _matches(grid: np.ndarray, want: np.ndarray) -> bool:
+    if grid.shape != want.shape or not np.isfinite(grid).all():
+        return False
+    scale = max(1.0, float(np.abs(want).max()))
+    return float(np.abs(grid - want).max()) <= PROBE_RTOL * scale
+
+
+def _recognise(index: GraphIndex, sampler: Sampler) -> tuple[str, Cut, tuple[int, int]] | str:
+    """(kind, cut, out_hw) of a fusable grid, or the reason it is not one."""
+    cuts = geometry.coordinate_cut(index, sampler)
+    if not cuts:
+        return "no per-sample [N,2,3] or [N,3,3] matrix that the grid depends on alone"
+    for cut in cuts:
+        rows = index.shape(cut.value)[1]
+        for kind in (("projective", "affine") if rows == 3 else ("affine",)):
+            matrices = _probe_matrices(rows, kind)
+            try:
+                grid = _run_cut(index, sampler, cut, matrices)
+            except Exception:  # noqa: BLE001 - an unrunnable probe only means "not fusable"
+                break
+            if grid.ndim != 4 or grid.shape[-1] != 2:
+                break
+            out_hw = (int(grid.shape[1]), int(grid.shape[2]))
+            if _matches(grid, _closed_form(kind, matrices, out_hw, sampler.align_corners)):
+                return kind, cut, out_hw
+    tried = ", ".join(repr(c.value) for c in cuts)
+    return (f"its grid is neither affine nor projective in {tried} "
+            f"(align_corners={int(sampler.align_corners)})")
+
+
+# ---- rewriting ------------------------------------------------------------------------------
+
+
+def _unique(graph: onnx.GraphProto, stem: str) -> str:
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+    name, k = stem, 0
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    return name
+
+
+def _top_rows(graph: onnx.GraphProto, matrix: str, at: int) -> tuple[str, list[onnx.NodeProto]]:
+    """theta = matrix[:, :2, :] as a Slice (kornia's warp_affine keeps a 3x3 matrix)."""
+    out = _unique(graph, f"{matrix}_top_rows")
+    consts = {}
+    for key, values in (("starts", [0]), ("ends", [2]), ("axes", [1])):
+        consts[key] = _unique(graph, f"{out}_{key}")
+        graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64),
+                                                         consts[key]))
+    node = helper.make_node("Slice", [matrix, consts["starts"], consts["ends"], consts["axes"]],
+                            [out], name=f"stn_top_rows_{at}")
+    return out, [node]
+
+
+def _plugin_node(sampler: Sampler, op_type: str, coords: str, out_hw, name: str):
+    config = SamplerConfig(sampler.mode, sampler.padding_mode, sampler.align_corners)
+    return helper.make_node(op_type, [sampler.image, coords], list(sampler.node.output),
+                            name=name, domain=names.ONNX_DOMAIN,
+                            **plugin_attributes(config, out_hw))
 
 
 def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes whose outputs nothing uses (the now-dead grid chains)."""
+    """Drop nodes whose outputs nothing uses (the now-dead grid generators)."""
     while True:
         used = {name for node in graph.node for name in node.input}
         used |= {out.name for out in graph.output}
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
-            return
+            break
         for node in dead:
             graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
-def fuse(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Fuse MatMul affine grids into their STNGridSample consumers; identity if none match."""
-    proto = copy.deepcopy(proto)
-    g = _Graph(proto.graph)
-    fused = 0
-    for index, node in enumerate(list(proto.graph.node)):
-        if node.domain != names.ONNX_DOMAIN or node.op_type != names.GRID_SAMPLE_OP:
+def _ensure_domain(model: onnx.ModelProto) -> None:
+    if not any(imp.domain == names.ONNX_DOMAIN for imp in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(names.ONNX_DOMAIN,
+                                                      int(names.PLUGIN_VERSION)))
+
+
+def to_plugin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FusionReport]:
+    """A copy of a standard-flavour graph whose GridSample nodes are plugin nodes, fused where
+    the grid is affine or projective in a per-sample matrix."""
+    register_schemas()
+    model = onnx.shape_inference.infer_shapes(copy.deepcopy(model))
+    index = GraphIndex(model)
+    graph = model.graph
+    outcomes = []
+    replacements: dict[str, list[onnx.NodeProto]] = {}
+    for at, sampler in enumerate(s for s in geometry.samplers(model)
+                                 if s.node.op_type == "GridSample"):
+        name = sampler.node.name or f"stn_warp_{at}"
+        found = _recognise(index, sampler)
+        if isinstance(found, str):
+            replacements[node_key(sampler.node)] = [
+                _plugin_node(sampler, names.GRID_SAMPLE_OP, sampler.coords, None, name)]
+            outcomes.append(WarpOutcome(name, names.GRID_SAMPLE_OP, reason=found))
             continue
-        align = bool(_attr(node, names.ATTR_ALIGN_CORNERS, 0))
-        match = _match_affine_grid(g, node.input[1], align)
-        if match is None:
-            continue
-        theta, (h, w) = match
-        config = SamplerConfig(
-            mode={v: k for k, v in names.INTERPOLATION_MODES.items()}[
-                int(_attr(node, names.ATTR_INTERPOLATION_MODE, 0))],
-            padding_mode={v: k for k, v in names.PADDING_MODES.items()}[
-                int(_attr(node, names.ATTR_PADDING_MODE, 0))],
-            align_corners=align,
-        )
-        new = helper.make_node(
-            names.AFFINE_GRID_SAMPLE_OP, [node.input[0], theta], list(node.output),
-            name=node.name or f"stn_affine_grid_sample_{index}", domain=names.ONNX_DOMAIN,
-            **plugin_attributes(config, (h, w)),
-        )
-        position = list(proto.graph.node).index(node)
-        proto.graph.node.remove(node)
-        proto.graph.node.insert(position, new)
-        fused += 1
-    if fused:
-        _prune(proto.graph)
-    return proto
+        kind, cut, out_hw = found
+        extra: list[onnx.NodeProto] = []
+        coords = cut.value
+        if kind == "affine" and index.shape(cut.value)[1] == 3:
+            coords, extra = _top_rows(graph, cut.value, at)
+        op = names.AFFINE_GRID_SAMPLE_OP if kind == "affine" else names.PROJECTIVE_GRID_SAMPLE_OP
+        fused = _plugin_node(sampler, op, coords, out_hw, name)
+        replacements[node_key(sampler.node)] = [*extra, fused]
+        outcomes.append(WarpOutcome(name, op, transform=cut.value))
+    nodes = []
+    for node in graph.node:
+        nodes.extend(replacements.get(node_key(node), [node]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _prune(graph)
+    del graph.value_info[:]  # stale for the removed grids; re-inferred below
+    _ensure_domain(model)
+    model = onnx.shape_inference.infer_shapes(model)
+    return model, FusionReport(tuple(outcomes))

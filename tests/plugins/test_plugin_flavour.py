@@ -1,8 +1,9 @@
 """Plugin-flavour export: each Warp kind becomes plugin nodes; ORT with our custom ops agrees.
 
-Exports go through torch.onnx.export with the standard table plus the plugin flavour's
-table, then ``fuse``; the graphs then run on ONNX Runtime with the CPU build of the kernels
-registered as ``stn`` custom ops and are compared with eager PyTorch on fresh random inputs.
+Exports go through ``export_module(flavour="plugin")``: the standard export, then the graph
+pass ``to_plugin`` that recognises affine and projective grids; the graphs then run on ONNX
+Runtime with the CPU build of the kernels registered as ``stn`` custom ops and are compared with
+eager PyTorch on fresh random inputs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import io
 import warnings
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stn_deploy.export import plugin_flavour as pf
-from stn_deploy.export.translation import standard_translation_table
 from stn_deploy.models.sampling import (
     AffineWarp,
     AttentionWarp,
@@ -96,21 +97,13 @@ CASES = {
 }
 
 
-def export_plugin(model: nn.Module):
-    swapped = pf.swap_warps(model).eval()
-    table = standard_translation_table()
-    table.update(pf.custom_translation_table())
-    batch = torch.export.Dim("batch", min=1)
+def export_plugin(model: nn.Module, tmp_path):
+    from stn_deploy.export.onnx_export import export_module
+
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            swapped, (torch.randn(2, *IN_CHW),), dynamo=True, opset_version=18,
-            input_names=["input"], output_names=["y"], dynamic_shapes=({0: batch},),
-            custom_translation_table=table, optimize=True,
-        )
-    proto = pf.fuse(program.model_proto)
-    proto.ir_version = min(proto.ir_version, 10)
-    return proto
+        result = export_module(model, IN_CHW, tmp_path / "p.onnx", flavour="plugin")
+    return onnx.load(str(result.path)), result
 
 
 def plugin_nodes(proto):
@@ -118,10 +111,11 @@ def plugin_nodes(proto):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_plugin_flavour_nodes_and_ort_parity(case):
+def test_plugin_flavour_nodes_and_ort_parity(case, tmp_path):
     factory, op_type = CASES[case]
     model = factory().eval()
-    proto = export_plugin(model)
+    proto, result = export_plugin(model, tmp_path)
+    assert result.fusion.fused == int(op_type != names.GRID_SAMPLE_OP)
     nodes = plugin_nodes(proto)
     assert [n.op_type for n in nodes] == [op_type]
     node = nodes[0]
@@ -136,7 +130,7 @@ def test_plugin_flavour_nodes_and_ort_parity(case):
         assert not {"MatMul", "Div"} & {n.op_type for n in proto.graph.node}
     x = np.random.default_rng().standard_normal((3, *IN_CHW)).astype(np.float32)  # batch != 2
     with OrtSession(proto.SerializeToString(), session_hooks=[ort_ops.register]) as session:
-        got = session.infer({"input": x})["y"]
+        got = session.infer({"input": x})["logits"]
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert got.shape == want.shape == (3, IN_CHW[0], *OUT_HW)
@@ -144,21 +138,18 @@ def test_plugin_flavour_nodes_and_ort_parity(case):
     assert err < ORT_ATOL, f"{case}: max abs err {err:.3g}"
 
 
-@pytest.mark.parametrize("case", ["affine", "projective", "tps"])
-def test_swapped_warps_compute_the_same_eagerly(case):
-    model = CASES[case][0]().eval()
-    swapped = pf.swap_warps(model)
-    assert swapped is not model and type(swapped.warp) is not type(model.warp)
-    assert isinstance(swapped.warp, type(model.warp))  # hooks keyed on Warp still fire
-    x = torch.randn(4, *IN_CHW)
-    with torch.no_grad():
-        assert torch.equal(swapped(x), model(x))
-    assert not hasattr(type(model.warp), "plugin_op")  # the original model is untouched
+def test_unfused_warps_say_why(tmp_path):
+    _, result = export_plugin(CASES["raw-generic"][0]().eval(), tmp_path)
+    (warp,) = result.fusion.warps
+    assert warp.op_type == names.GRID_SAMPLE_OP and not warp.fused
+    assert "neither affine nor projective" in warp.reason
+    assert "fused 0 of 1 warp(s); not fused:" in result.summary()
 
 
-def test_fuse_leaves_other_graphs_alone():
-    proto = export_plugin(RawGridSample(False, "bilinear", "border", False).eval())
-    again = pf.fuse(proto)
+def test_to_plugin_leaves_plugin_graphs_alone(tmp_path):
+    proto, _ = export_plugin(CASES["tps"][0]().eval(), tmp_path)
+    again, report = pf.to_plugin(proto)
+    assert report.warps == ()
     assert [n.op_type for n in again.graph.node] == [n.op_type for n in proto.graph.node]
 
 

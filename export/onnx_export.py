@@ -1,4 +1,4 @@
-"""Export any STN (any nn.Module calling F.affine_grid / F.grid_sample) to ONNX.
+"""Export any STN (any nn.Module calling F.grid_sample) to ONNX, in two flavours and two precisions.
 
 ``torch.onnx.export(dynamo=True)`` at opset 18 with our custom translation table
 (:mod:`stn_deploy.export.translation`), a batch dimension named ``batch`` that works at any size,
@@ -6,10 +6,15 @@ IR version 10, and the contract check run on every result. Tensor names are fixe
 ``input`` [N,C,H,W]; outputs ``logits`` then, on request, ``theta`` and ``warped`` (the first
 spatial transformer's parameters and warped image).
 
-Precision ``fp16`` writes an fp16 graph with fp16 I/O (TensorRT 11 has no fp16 builder flag) whose
-grid generators and samplers stay in fp32: every ``sampling.Warp`` runs in fp32 between casts,
-direct ``F.grid_sample`` calls sample in fp32, and fp32 -> fp16 -> fp32 round trips of the grid
-are removed after export.
+The module is always traced in fp32; the other variants are graph passes over that graph, so
+they work for any module the fp32 export works for:
+
+- flavour ``plugin``: :func:`stn_deploy.export.plugin_flavour.to_plugin` turns every GridSample
+  into a node of our TensorRT plugin, fused with its grid generator when the grid is affine or
+  projective in a per-sample matrix;
+- precision ``fp16``: :func:`stn_deploy.export.fp16.to_fp16` converts the graph to fp16 with fp16
+  I/O (TensorRT 11 has no fp16 builder flag), except every grid generator and sampler, which stay
+  fp32 from the transform parameters on.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from stn_deploy.export import passes
+from stn_deploy.export import fp16, passes, plugin_flavour
 from stn_deploy.export.contract import ContractReport, check_model
 from stn_deploy.export.errors import ContractError, ExportError
+from stn_deploy.export.fp16 import Fp16Report
+from stn_deploy.export.plugin_flavour import FusionReport
 from stn_deploy.export.translation import OPSET, standard_translation_table
 from stn_deploy.models.sampling import Warp
 
@@ -53,7 +60,6 @@ PRECISIONS = ("fp32", "fp16")
 EXTRA_OUTPUTS = ("theta", "warped")
 INPUT_NAME = "input"
 TRACE_BATCH = 2  # trace at batch 2 so no size-1 specialisation leaks into the graph
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +77,17 @@ class ExportResult:
     opset: int
     contract: ContractReport
     sha256: str
+    fusion: FusionReport | None = None  # plugin flavour: which warps became fused nodes
+    fp16: Fp16Report | None = None  # fp16: what stayed fp32
 
     def summary(self) -> str:
-        return (
+        parts = [
             f"exported {self.path} ({self.flavour}, {self.precision}, opset {self.opset}, "
             f"input {self.input_names[0]}[batch,{','.join(map(str, self.input_shape))}] -> "
-            f"{', '.join(self.output_names)}); {self.contract.summary()}"
-        )
+            f"{', '.join(self.output_names)})"
+        ]
+        parts += [r.summary() for r in (self.fusion, self.fp16) if r is not None]
+        return "; ".join([*parts, self.contract.summary()])
 
 
 class _Recorder(TorchFunctionMode):
@@ -154,38 +164,6 @@ def _logits(out):
         f"the model returned {type(out).__name__}; expected logits as a tensor, the first item "
         "of a tuple, or a dict with key 'logits'"
     )
-
-
-class _Fp32Island(nn.Module):
-    """Runs a Warp in fp32 inside an fp16 model: coordinates and sampling at full precision."""
-
-    def __init__(self, warp: nn.Module) -> None:
-        super().__init__()
-        self.warp = warp.float()
-
-    def forward(self, x: torch.Tensor, params: torch.Tensor):
-        warped, theta = self.warp(x.float(), params.float())
-        return warped.to(x.dtype), theta.to(x.dtype)
-
-
-def _replace_warps(model: nn.Module, factory) -> nn.Module:
-    for name, child in list(model.named_children()):
-        if isinstance(child, Warp):
-            setattr(model, name, factory(child))
-        else:
-            _replace_warps(child, factory)
-    return model
-
-
-def _plugin_flavour():
-    try:
-        from stn_deploy.export import plugin_flavour
-    except ImportError as exc:
-        raise ExportError(
-            f"the plugin flavour is not available in this build ({exc}); "
-            "export with --flavour standard"
-        ) from exc
-    return plugin_flavour
 
 
 def _validate(flavour: str, precision: str, extra_outputs: Sequence[str], shape) -> None:
@@ -265,28 +243,22 @@ def export_module(
     _validate(flavour, precision, extra_outputs, input_shape)
     chw = tuple(int(d) for d in input_shape[-3:])
     model = copy.deepcopy(model).eval().float()
-    table = standard_translation_table()
-    pf = None
-    if flavour == "plugin":
-        pf = _plugin_flavour()
-        model = pf.swap_warps(model)
-        table.update(pf.custom_translation_table())
-    if precision == "fp16":
-        model = _replace_warps(model.half(), _Fp32Island)
     output_names = ("logits", *extra_outputs)
     wrapper = _ExportWrapper(model, extra_outputs).eval()
-    example = torch.randn(TRACE_BATCH, *chw, dtype=_DTYPES[precision])
-    ir_model = _run_exporter(wrapper, example, output_names, table, opset)
-    if precision == "fp16":
-        rewired = passes.drop_fp16_round_trips(ir_model)
-        log.debug("fp16: kept %d grid(s) in fp32", rewired)
+    example = torch.randn(TRACE_BATCH, *chw)
+    ir_model = _run_exporter(wrapper, example, output_names, standard_translation_table(), opset)
     passes.pin_ir_version(ir_model)
     ir_model.metadata_props.update(
         {"stn_deploy.flavour": flavour, "stn_deploy.precision": precision}
     )
     proto = ir.serde.serialize_model(ir_model)
-    if pf is not None:
-        proto = pf.fuse(proto)
+    fusion = fp16_report = None
+    if flavour == "plugin":
+        proto, fusion = plugin_flavour.to_plugin(proto)
+    if precision == "fp16":
+        trainable = {name for name, p in wrapper.named_parameters() if p.requires_grad}
+        proto, fp16_report = fp16.to_fp16(proto, trainable)
+    proto.ir_version = min(proto.ir_version, passes.IR_VERSION)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString()
@@ -303,6 +275,8 @@ def export_module(
         opset=opset,
         contract=report,
         sha256=hashlib.sha256(data).hexdigest(),
+        fusion=fusion,
+        fp16=fp16_report,
     )
     if not report:
         raise ContractError(f"{out} breaks the TensorRT contract:\n{report.format()}")

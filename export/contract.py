@@ -8,6 +8,7 @@ DESIGN.md ("ONNX facts that decide the export").
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -266,6 +267,85 @@ def _plugin_attributes(model: onnx.ModelProto) -> Iterator[Finding]:
             )
 
 
+def _type_name(elem: int) -> str:
+    return onnx.helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower() \
+        if elem else "unknown"
+
+
+@rule("plugin-types")
+def _plugin_types(model: onnx.ModelProto) -> Iterator[Finding]:
+    from stn_deploy.export import geometry
+
+    index = geometry.GraphIndex(model)
+    onnx_names = {onnx.TensorProto.FLOAT: "float", onnx.TensorProto.FLOAT16: "float16"}
+    for sampler in geometry.samplers(model):
+        if sampler.node.domain != PLUGIN_DOMAIN:
+            continue
+        elems = [index.elem_type(n) for n in (sampler.image, sampler.coords,
+                                              sampler.node.output[0])]
+        if not all(elems[:2]):
+            continue  # types unknown (shape inference failed): that finding is reported
+        types = tuple(onnx_names.get(e, _type_name(e)) for e in elems)
+        where = [("TensorRT's plugin", names.TENSORRT_TYPES),
+                 ("the ONNX Runtime custom op (CPU checker)", names.ONNXRUNTIME_TYPES)]
+        for who, table in where:
+            if types not in table:
+                yield Finding(
+                    "plugin-types",
+                    _node_name(sampler.node),
+                    f"{sampler.node.op_type} gets (X, coordinates, Y) = {types}; {who} accepts "
+                    f"{' or '.join(map(str, table))}",
+                    "feed the plugin float32 through Casts; stn-deploy export --flavour plugin "
+                    "--precision fp16 writes it that way",
+                )
+
+
+def _per_sample(index, name: str) -> int | None:
+    dims = index.shape(name)
+    if not dims or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return int(math.prod(dims[1:]))
+
+
+@rule("fp16-geometry")
+def _fp16_geometry(model: onnx.ModelProto) -> Iterator[Finding]:
+    """Grid-sized fp16 tensors between the localisation net and a sampler.
+
+    The transform parameters themselves may come out of fp16 layers (that is the policy); what
+    must not be fp16 is the grid arithmetic after them, recognised by its size: a tensor with
+    at least one value per output pixel (a grid, a flow, a field of points).
+    """
+    from stn_deploy.export import geometry
+
+    index = geometry.GraphIndex(model)
+    half = onnx.TensorProto.FLOAT16
+    for sampler in geometry.samplers(model):
+        out = index.shape(sampler.node.output[0])
+        pixels = int(math.prod(out[2:])) if out and all(isinstance(d, int) for d in out[2:]) \
+            else None
+        path = geometry.geometric_path(index, sampler)
+        fp16_nodes = [
+            n for n in path.nodes for o in n.output[:1]
+            if index.elem_type(o) == half and pixels
+            and (_per_sample(index, o) or 0) >= pixels
+        ]
+        if index.elem_type(sampler.coords) == half and not fp16_nodes:
+            fp16_nodes = [index.producer.get(sampler.coords) or sampler.node]
+        if not fp16_nodes:
+            continue
+        first = fp16_nodes[0]
+        yield Finding(
+            "fp16-geometry",
+            _node_name(first),
+            f"the coordinates of {sampler.node.op_type} {_node_name(sampler.node)!r} are "
+            f"computed in fp16 from here ({first.op_type}, {len(fp16_nodes)} fp16 grid-sized "
+            "tensor(s) on the grid path): fp16 keeps 11 bits, so grid points move by up to "
+            "1/2000 of the image and nearest sampling picks neighbouring pixels",
+            "keep the grid generator and the sampler in fp32; stn-deploy export --precision fp16 "
+            "does",
+        )
+
+
 @rule("unknown-domain")
 def _unknown_domain(model: onnx.ModelProto) -> Iterator[Finding]:
     local = {(f.domain, f.name) for f in model.functions}
@@ -318,6 +398,9 @@ def _load(model_or_path: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.Mode
 
 def check_model(model_or_path: onnx.ModelProto | str | os.PathLike) -> ContractReport:
     """Run every rule in :data:`RULES` on an ONNX model or file; never raises for findings."""
+    from stn_deploy.export.plugin_flavour import register_schemas
+
+    register_schemas()  # so shape inference types our plugin nodes' outputs
     model, source = _load(model_or_path)
     findings: list[Finding] = []
     try:

@@ -25,6 +25,8 @@ __all__ = [
     "FIELDS",
     "INTERPOLATION_MODES",
     "PADDING_MODES",
+    "TENSORRT_TYPES",
+    "ONNXRUNTIME_TYPES",
     "mode_int",
     "padding_int",
 ]
@@ -51,6 +53,19 @@ FIELDS = {
     AFFINE_GRID_SAMPLE_OP: (ATTR_OUT_HEIGHT, ATTR_OUT_WIDTH, *SAMPLER_FIELDS),
     PROJECTIVE_GRID_SAMPLE_OP: (ATTR_OUT_HEIGHT, ATTR_OUT_WIDTH, *SAMPLER_FIELDS),
 }
+
+
+# Element types (X, coordinates, Y) each implementation accepts, as ONNX type names, for every
+# op type. TensorRT: the plugin's supportsFormatCombination (fp16 is storage only, math is fp32).
+# ONNX Runtime: the CPU custom ops of ort_ops, float32 only. The exporter feeds plugin nodes of
+# fp16 graphs float32 through Casts, the one combination both accept; `stn-deploy check` flags
+# any other.
+TENSORRT_TYPES = (
+    ("float", "float", "float"),
+    ("float16", "float16", "float16"),
+    ("float16", "float", "float16"),
+)
+ONNXRUNTIME_TYPES = (("float", "float", "float"),)
 
 
 def mode_int(mode: str | int) -> int:

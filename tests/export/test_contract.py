@@ -118,7 +118,8 @@ def test_bad_padding_mode_is_an_error():
 
 def test_every_rule_has_a_test():
     tested = {"gridsample-mode", "affine-grid", "gridsample-rank", "gridsample-opset",
-              "ir-version", "dynamic-batch", "plugin-attributes", "unknown-domain", "input-dtype"}
+              "ir-version", "dynamic-batch", "plugin-attributes", "unknown-domain", "input-dtype",
+              "plugin-types", "fp16-geometry"}
     assert set(RULES) == tested
 
 
@@ -137,3 +138,74 @@ def test_check_reads_files_and_reports_missing_ones(tmp_path):
 
     with pytest.raises(ContractError, match="stn-deploy export"):
         check_model(tmp_path / "absent.onnx")
+
+
+def _typed_plugin_model(x_type, grid_type):
+    node = _plugin_node(plugin_namespace="stn", plugin_version="1")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", x_type, ["batch", 1, 8, 8]),
+         helper.make_tensor_value_info("grid", grid_type, ["batch", 8, 8, 2])],
+        [helper.make_tensor_value_info("z", x_type, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("stn", 1)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize(
+    ("x_type", "grid_type", "refused_by"),
+    [
+        (TensorProto.FLOAT, TensorProto.FLOAT, set()),
+        (TensorProto.FLOAT16, TensorProto.FLOAT, {"ONNX Runtime"}),  # TensorRT takes it
+        (TensorProto.FLOAT16, TensorProto.FLOAT16, {"ONNX Runtime"}),
+        (TensorProto.FLOAT, TensorProto.FLOAT16, {"ONNX Runtime", "TensorRT"}),
+    ],
+)
+def test_plugin_node_types_against_both_implementations(x_type, grid_type, refused_by):
+    report = check_model(_typed_plugin_model(x_type, grid_type))
+    found = [f for f in report.errors if f.rule == "plugin-types"]
+    assert {who for who in ("ONNX Runtime", "TensorRT") if any(who in f.problem for f in found)} \
+        == refused_by
+    assert all(f.node == "plug" and "Casts" in f.fix for f in found)
+
+
+def _affine_grid_model(grid_math):
+    """theta (fp16 input) -> affine grid math in ``grid_math`` precision -> fp32 GridSample."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    half = TensorProto.FLOAT16
+    base = np.stack([*np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8)), np.ones((8, 8))],
+                    axis=-1).reshape(64, 3)
+    dtype = np.float16 if grid_math == half else np.float32
+    nodes = [
+        helper.make_node("Transpose", ["theta_in"], ["theta_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["base", "theta_t"], ["points"], name="grid_matmul"),
+        helper.make_node("Reshape", ["points", "shape"], ["grid"], name="grid_reshape"),
+        helper.make_node("Cast", ["grid"], ["grid32"], to=TensorProto.FLOAT),
+        helper.make_node("GridSample", ["x", "grid32"], ["y"], name="sampler"),
+    ]
+    if grid_math != half:  # the transform enters fp32 first, as stn-deploy's fp16 export does
+        nodes.insert(0, helper.make_node("Cast", ["theta"], ["theta_in"], to=TensorProto.FLOAT))
+    else:
+        nodes.insert(0, helper.make_node("Identity", ["theta"], ["theta_in"]))
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8]),
+         helper.make_tensor_value_info("theta", half, ["batch", 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(base.astype(dtype), "base"),
+                     numpy_helper.from_array(np.array([-1, 8, 8, 2], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+def test_grid_math_in_fp16_is_an_error_naming_the_first_fp16_node():
+    report = check_model(_affine_grid_model(TensorProto.FLOAT16))
+    (finding,) = [f for f in report.errors if f.rule == "fp16-geometry"]
+    assert finding.node == "grid_matmul" and "fp16" in finding.problem
+    assert check_model(_affine_grid_model(TensorProto.FLOAT)).rules() == set()

@@ -46,6 +46,12 @@ def register(sub) -> None:
     p.add_argument(
         "--seed", type=int, default=None, help="seed of the --module random inputs (default: fresh)"
     )
+    p.add_argument(
+        "--atol", type=float, default=None,
+        help="fixed absolute bound against PyTorch float64, in place of the precision's policy "
+        "(fp32: within 4x PyTorch fp32's own error; see export/tolerances.py)",
+    )
+    p.add_argument("--rtol", type=float, default=None, help="fixed relative bound (with --atol)")
     p.add_argument("--json", action="store_true", help="print the result as JSON last")
     p.set_defaults(func=_verify)
 
@@ -94,8 +100,12 @@ def _check(args) -> int:
 
 
 def _verify(args) -> int:
+    from stn_deploy.export.errors import VerificationError
     from stn_deploy.export.verify import load_test_split, random_inputs, verify
 
+    for flag, value in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if value is not None and not value >= 0:
+            raise VerificationError(f"{flag} must be a number >= 0, e.g. {flag} 1e-4")
     model, shape, loaded = _source(args)
     labels = None
     if loaded is not None and loaded.dataset:
@@ -105,7 +115,8 @@ def _verify(args) -> int:
     options = {"plugin_lib": args.plugin_lib} if args.backend == "trt" and args.plugin_lib else {}
     results = []
     for path in args.onnx:
-        result = verify(model, path, inputs, labels, backend=args.backend, session_options=options)
+        result = verify(model, path, inputs, labels, backend=args.backend, session_options=options,
+                        atol=args.atol, rtol=args.rtol)
         label = path
         if args.backend == "trt":
             from stn_deploy.runtime.engine_meta import describe_engine

@@ -1,19 +1,19 @@
-"""Check an exported model against PyTorch: errors, top-1 agreement, accuracy, suspect node.
+"""Check an exported model against PyTorch: per-output errors against float64, top-1, accuracy.
 
-``verify(model, onnx_path, inputs, labels)`` runs the PyTorch module (fp32, the reference) and
-the exported file on a backend from ``stn_deploy.runtime.open_session`` over the same inputs
-and returns a :class:`VerifyResult` (``bool()`` = within the tolerance of the file's precision,
-from :mod:`stn_deploy.export.tolerances`). When it fails, the suspect node is located by
-running the graph with every intermediate marked as an output against ONNX's reference
-implementation (a backend kernel that disagrees with the spec), and by comparing each
-GridSample's output with PyTorch's warped image (an export that changed the semantics).
+``verify(model, onnx_path, inputs, labels)`` runs the exported file on a backend from
+``stn_deploy.runtime.open_session``, and the PyTorch module in float64 (the ground truth) and in
+float32 (:mod:`stn_deploy.export.reference`), over the same inputs. Each output is judged with
+the statistic that fits it (:mod:`stn_deploy.export.judge`) under the policy of the file's
+precision (:mod:`stn_deploy.export.tolerances`): in fp32 a backend passes when its error is
+within a stated multiple of PyTorch fp32's own error. ``bool(result)`` says whether every output
+passed. When one fails, :mod:`stn_deploy.export.suspects` names the node where it goes wrong.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +22,24 @@ import torch
 from torch import nn
 
 from stn_deploy.export.errors import VerificationError
-from stn_deploy.export.tolerances import Tolerance, for_precision
+from stn_deploy.export.judge import OutputCheck, judge
+from stn_deploy.export.reference import Reference, reference_outputs
+from stn_deploy.export.tolerances import Tolerance, for_precision, with_fixed_bound
 
 __all__ = ["VerifyResult", "verify", "compare_logits", "load_test_split", "random_inputs"]
 
-SUSPECT_SAMPLES = 4  # samples pushed through the reference evaluator when hunting a node
+SUSPECT_SAMPLES = 4  # samples pushed through the node-by-node comparison when hunting a node
+OUTPUTS = ("logits", "theta", "warped")
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Parity of one exported model with PyTorch; ``bool()`` says whether it is in tolerance."""
+    """Parity of one exported model with PyTorch; ``bool()`` says whether every output passed."""
 
     passed: bool
-    max_abs_err: float
+    max_abs_err: float  # logits against the reference
     max_rel_err: float
-    top1_agreement: float
+    top1_agreement: float  # logits, all samples
     accuracy_torch: float | None
     accuracy_backend: float | None
     tolerance: Tolerance
@@ -45,6 +48,10 @@ class VerifyResult:
     model: str = ""
     precision: str = "fp32"
     suspect: str | None = None
+    checks: tuple[OutputCheck, ...] = ()
+    policy: tuple[str, ...] = ()  # precision-policy violations found in the graph itself
+    reference: str = "float64"  # what the errors are measured against
+    reference_note: str = ""
     outputs: dict[str, float] = field(default_factory=dict)  # output name -> max abs err
 
     def __bool__(self) -> bool:
@@ -55,12 +62,16 @@ class VerifyResult:
             return "n/a" if v is None else f"{v:.2%}"
 
         verdict = "PASS" if self.passed else "FAIL"
-        line = (
-            f"verify {verdict} {self.backend}/{self.precision} n={self.n}: "
-            f"max_abs_err={self.max_abs_err:.3g} max_rel_err={self.max_rel_err:.3g} "
-            f"top1_agreement={self.top1_agreement:.2%} accuracy torch={pct(self.accuracy_torch)} "
-            f"{self.backend}={pct(self.accuracy_backend)} (tolerance {self.tolerance.describe()})"
-        )
+        parts = [f"verify {verdict} {self.backend}/{self.precision} n={self.n} against PyTorch "
+                 f"{self.reference}: " + "; ".join(c.summary() for c in self.checks)]
+        parts += [f"precision policy: {p}" for p in self.policy]
+        if self.accuracy_torch is not None:
+            parts.append(f"accuracy torch={pct(self.accuracy_torch)} "
+                         f"{self.backend}={pct(self.accuracy_backend)}")
+        parts.append(f"(tolerance {self.tolerance.describe()})")
+        if self.reference_note:
+            parts.append(f"[{self.reference_note}]")
+        line = " ".join(parts)
         return line + (f"; suspect: {self.suspect}" if self.suspect else "")
 
     def to_dict(self) -> dict:
@@ -69,13 +80,16 @@ class VerifyResult:
         return record
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
 
 def compare_logits(
     ref: np.ndarray, got: np.ndarray, tol: Tolerance
 ) -> tuple[bool, float, float, float]:
-    """(within tolerance, max abs err, max rel err, top-1 agreement) of two [N, K] arrays."""
+    """(within the fixed atol/rtol, max abs err, max rel err, top-1 agreement) of [N, K] arrays.
+
+    The fixed-bound comparison for engines run without a PyTorch module at hand.
+    """
     ref = np.asarray(ref, dtype=np.float64)
     got = np.asarray(got, dtype=np.float64)
     if ref.shape != got.shape:
@@ -89,21 +103,6 @@ def compare_logits(
     if not finite:
         max_abs = max_rel = float("inf")
     return within and top1 >= tol.min_top1, max_abs, max_rel, top1
-
-
-def _torch_outputs(model: nn.Module, x: np.ndarray, names, batch_size: int) -> dict:
-    from stn_deploy.export.onnx_export import _ExportWrapper
-
-    extras = [n for n in names if n != "logits"]
-    wrapper = _ExportWrapper(model.float().eval(), extras).eval()
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in ("logits", *extras)}
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            out = wrapper(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])))
-            out = out if isinstance(out, tuple) else (out,)
-            for name, value in zip(chunks, out):
-                chunks[name].append(value.float().numpy())
-    return {n: np.concatenate(v) for n, v in chunks.items()}
 
 
 def _has_plugin_domain(path: str) -> bool:
@@ -146,6 +145,21 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     return float((logits.argmax(-1) == np.asarray(labels)).mean())
 
 
+def _checks(ref: Reference, got: dict[str, np.ndarray], tol: Tolerance
+            ) -> tuple[OutputCheck, ...]:
+    fp32 = ref.float32 if ref.dtype == "float64" else None
+    return tuple(judge(name, ref.truth[name], got[name], None if fp32 is None else fp32[name], tol)
+                 for name in ref.truth if name in got)
+
+
+def _policy(path: str) -> tuple[str, ...]:
+    """The precision policy checked on the graph: no grid arithmetic in fp16."""
+    from stn_deploy.export.contract import check_model
+
+    return tuple(f"{f.node}: {f.problem}" for f in check_model(path).findings
+                 if f.rule == "fp16-geometry")
+
+
 def verify(
     model: nn.Module,
     onnx_path: str | os.PathLike,
@@ -154,11 +168,17 @@ def verify(
     *,
     backend: str = "ort",
     tolerance: Tolerance | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
     batch_size: int = 256,
     session_options: dict | None = None,
     locate: bool = True,
 ) -> VerifyResult:
-    """Compare ``model`` (PyTorch, fp32) and ``onnx_path`` on ``backend`` over ``inputs``."""
+    """Compare ``onnx_path`` on ``backend`` with ``model`` (PyTorch) over ``inputs``.
+
+    ``tolerance`` replaces the policy of the file's precision; ``atol``/``rtol`` replace its
+    bound with a fixed one.
+    """
     path = os.fspath(onnx_path)
     if not Path(path).is_file():
         raise VerificationError(f"no model file at {path!r}; export it first")
@@ -169,46 +189,51 @@ def verify(
         precision = getattr(session, "precision", None) or (
             "fp16" if session.inputs[0].dtype == "float16" else "fp32"
         )
-        tol = tolerance or for_precision(precision)
         got = _backend_outputs(session, x, batch_size)
-    ref = _torch_outputs(model, x, [n for n in got if n in ("logits", "theta", "warped")],
-                         batch_size)
     if "logits" not in got:
         raise VerificationError(f"{path} has no output named 'logits' (outputs: {list(got)})")
-    passed, max_abs, max_rel, top1 = compare_logits(ref["logits"], got["logits"], tol)
-    per_output = {
-        name: float(np.abs(got[name].astype(np.float64) - ref[name]).max())
-        for name in ref
-        if name in got and got[name].shape == ref[name].shape
-    }
+    tol = with_fixed_bound(tolerance or for_precision(precision), atol, rtol)
+    ref = reference_outputs(model, x, [n for n in got if n in OUTPUTS], batch_size)
+    if ref.dtype != "float64" and tol.relative:  # no float64 run: PyTorch fp32 is the truth
+        tol = replace(tol, name=f"{tol.name} (fixed, no float64 reference)", multiple=None)
+    checks = _checks(ref, got, tol)
+    logits = next(c for c in checks if c.name == "logits")
+    _, _, max_rel, _ = compare_logits(ref.truth["logits"], got["logits"], tol)
+    policy = _policy(path) if backend == "ort" else ()
+    passed = all(c.passed for c in checks) and not policy
     suspect = None
     if not passed and locate:
-        # hunt on the samples that disagree most, not on whichever come first
-        per_sample = np.abs(got["logits"].astype(np.float64) - ref["logits"]).reshape(len(x), -1)
-        worst = np.sort(np.argsort(-per_sample.max(axis=1))[:SUSPECT_SAMPLES])
-        suspect = locate_suspect(model, path, x[worst], tol, backend)
+        suspect = locate_suspect(model, path, x, tol, backend, ref, got)
+    classes = logits.kind == "classes"
     return VerifyResult(
         passed=passed,
-        max_abs_err=max_abs,
+        max_abs_err=logits.max_abs,
         max_rel_err=max_rel,
-        top1_agreement=top1,
-        accuracy_torch=_accuracy(ref["logits"], labels),
-        accuracy_backend=_accuracy(got["logits"], labels),
+        top1_agreement=logits.top1_all if logits.top1_all is not None else 1.0,
+        accuracy_torch=_accuracy(ref.float32["logits"], labels) if classes else None,
+        accuracy_backend=_accuracy(got["logits"], labels) if classes else None,
         tolerance=tol,
         n=len(x),
         backend=backend,
         model=path,
         precision=precision,
         suspect=suspect,
-        outputs=per_output,
+        checks=checks,
+        policy=policy,
+        reference=ref.dtype,
+        reference_note=ref.note,
+        outputs={c.name: c.max_abs for c in checks},
     )
 
 
-def locate_suspect(model: nn.Module, path: str, x: np.ndarray, tol: Tolerance, backend: str):
-    """Name the first node where the graph goes wrong, or say where to look."""
+def locate_suspect(model: nn.Module, path: str, x: np.ndarray, tol: Tolerance, backend: str,
+                   ref: Reference, got: dict[str, np.ndarray]) -> str:
+    """Name the node where the graph goes wrong, on the samples that disagree most."""
     from stn_deploy.export import suspects
 
-    return suspects.locate(model, path, x, tol, backend)
+    err = np.abs(got["logits"].astype(np.float64) - ref.truth["logits"]).reshape(len(x), -1)
+    worst = np.sort(np.argsort(-err.max(axis=1))[:SUSPECT_SAMPLES])
+    return suspects.locate(model, path, x[worst], tol, backend)
 
 
 def random_inputs(shape: tuple[int, ...], n: int = 64, seed: int | None = None) -> np.ndarray:

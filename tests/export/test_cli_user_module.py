@@ -95,7 +95,7 @@ def test_verify_with_other_weights_fails_with_numbers(user_dir, capsys, monkeypa
     assert code == 1
     record = json.loads(out.out.strip().splitlines()[-1])
     assert record["max_abs_err"] == pytest.approx(0.5, abs=1e-3)
-    assert "classifier head" in record["suspect"]
+    assert "after the last sampler" in record["suspect"] and "other weights" in record["suspect"]
     assert "FAIL" in out.err
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stn_deploy.runtime.protocol_client import encode_infer_request
+from stn_deploy.runtime.serving.protocol_client import encode_infer_request
 
 __all__ = [
     "LevelResult",

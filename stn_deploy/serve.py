@@ -33,9 +33,9 @@ log = logging.getLogger("stn_deploy.serve")
 
 # -- commands -----------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
-    from stn_deploy.runtime.logs import configure_json_logging
-    from stn_deploy.runtime.uvicorn_runner import run_server
+    from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+    from stn_deploy.runtime.serving.logs import configure_json_logging
+    from stn_deploy.runtime.serving.uvicorn_runner import run_server
 
     if args.workers < 1:
         raise ServeError(f"--workers must be >= 1, got {args.workers}")
@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     # checkpoint is exported to ONNX once (the workers find it in the cache).
     name, session, _ = resolve_model(args.model, args.backend, threads)
     if args.workers > 1:
-        from stn_deploy.runtime.workers import serve_workers
+        from stn_deploy.runtime.serving.workers import serve_workers
 
         session.close()
         opener = functools.partial(open_served, args.model, args.backend, threads, args.name)
@@ -91,7 +91,7 @@ def _engine_onnx(engine: Path, max_batch: int) -> Path | None:
 
 
 def _triton_repo(args: argparse.Namespace) -> int:
-    from stn_deploy.runtime.triton_repo import TritonRepoConfig, write_triton_repo
+    from stn_deploy.runtime.serving.triton_repo import TritonRepoConfig, write_triton_repo
 
     path = Path(args.model)
     engine = Path(args.engine) if args.engine else None
@@ -272,8 +272,8 @@ def demo_serve(
     import numpy as np
     import tritonclient.http as httpclient
 
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
-    from stn_deploy.runtime.uvicorn_runner import ServerThread
+    from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+    from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
     if images is not None:
         n_requests = min(n_requests, len(images))

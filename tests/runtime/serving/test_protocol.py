@@ -9,7 +9,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from stn_deploy.runtime.protocol import (
+from stn_deploy.runtime.serving.protocol import (
     HEADER_LENGTH,
     ProtocolError,
     RequestDecoder,

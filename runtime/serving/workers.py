@@ -27,9 +27,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.uvicorn_runner import run_server
 from stn_deploy.runtime.session import SessionError
-from stn_deploy.runtime.uvicorn_runner import run_server
 
 __all__ = ["serve_workers", "MULTIPROC_ENV"]
 

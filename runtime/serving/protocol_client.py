@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stn_deploy.runtime.protocol import HEADER_LENGTH, datatype_of
+from stn_deploy.runtime.serving.protocol import HEADER_LENGTH, datatype_of
 
 __all__ = ["encode_infer_request"]
 

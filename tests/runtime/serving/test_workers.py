@@ -115,8 +115,8 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
 _SUPERVISOR = textwrap.dedent(
     """
     import functools, sys
-    from stn_deploy.runtime.http_server import ServerConfig
-    from stn_deploy.runtime.workers import serve_workers
+    from stn_deploy.runtime.serving.http_server import ServerConfig
+    from stn_deploy.runtime.serving.workers import serve_workers
     from stn_deploy.model_source import open_served
 
     opener = functools.partial(open_served, sys.argv[1], "ort", 1, None)

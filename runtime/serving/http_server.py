@@ -22,16 +22,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stn_deploy import __version__
-from stn_deploy.runtime.batcher import DynamicBatcher
-from stn_deploy.runtime.batcher_config import (
+from stn_deploy.runtime.serving.batcher import DynamicBatcher
+from stn_deploy.runtime.serving.batcher_config import (
     BatcherClosedError,
     BatcherConfig,
     DeadlineExceededError,
     QueueFullError,
     RequestTooLargeError,
 )
-from stn_deploy.runtime.metrics import ServerMetrics
-from stn_deploy.runtime.protocol import (
+from stn_deploy.runtime.serving.metrics import ServerMetrics
+from stn_deploy.runtime.serving.protocol import (
     HEADER_LENGTH,
     ProtocolError,
     RequestDecoder,
@@ -39,13 +39,13 @@ from stn_deploy.runtime.protocol import (
     error_body,
     model_metadata,
 )
-from stn_deploy.runtime.session import InputError, Session, SessionError
-from stn_deploy.runtime.slow_clients import (
+from stn_deploy.runtime.serving.slow_clients import (
     BodyDeadlines,
     BodyTimeoutError,
 )
-from stn_deploy.runtime.triton_repo import model_config_json
-from stn_deploy.runtime.triton_stats import model_statistics
+from stn_deploy.runtime.serving.triton_repo import model_config_json
+from stn_deploy.runtime.serving.triton_stats import model_statistics
+from stn_deploy.runtime.session import InputError, Session, SessionError
 
 __all__ = ["ServerConfig", "ServedModel", "create_app"]  # running it: runtime.uvicorn_runner
 

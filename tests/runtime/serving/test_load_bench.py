@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from stn_deploy import load_client
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.uvicorn_runner import ServerThread
+from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "load_bench.py"
+_PATH = Path(__file__).resolve().parents[3] / "bench" / "load_bench.py"
 
 
 def _load_bench():

@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig, create_app
+from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig, create_app
+from stn_deploy.runtime.serving.slow_clients import header_timeout_protocol
 from stn_deploy.runtime.session import SessionError
-from stn_deploy.runtime.slow_clients import header_timeout_protocol
 
 __all__ = ["run_server", "ServerThread"]
 
@@ -49,7 +49,7 @@ def run_server(
     """Serve until SIGINT/SIGTERM, then shut down gracefully (blocking).
 
     ``sockets``: already-listening sockets to accept on instead of binding host:port (the
-    workers of :mod:`stn_deploy.runtime.workers` share the one their parent bound).
+    workers of :mod:`stn_deploy.runtime.serving.workers` share the one their parent bound).
     """
     import uvicorn
 

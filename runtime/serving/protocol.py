@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stn_deploy.errors import StnDeployError
-from stn_deploy.runtime import classification
+from stn_deploy.runtime.serving import classification
 from stn_deploy.runtime.session import TensorSpec, non_finite_message
 
 __all__ = [

@@ -31,10 +31,8 @@ from stn_deploy.runtime.serving.batcher_config import (
     RequestTooLargeError,
 )
 from stn_deploy.runtime.serving.metrics import ServerMetrics
-from stn_deploy.runtime.serving.protocol import (
-    HEADER_LENGTH,
-    ProtocolError,
-    RequestDecoder,
+from stn_deploy.runtime.serving.protocol import HEADER_LENGTH, ProtocolError, RequestDecoder
+from stn_deploy.runtime.serving.protocol_response import (
     encode_infer_response,
     error_body,
     model_metadata,

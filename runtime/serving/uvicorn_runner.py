@@ -33,6 +33,7 @@ def _uvicorn_config(app, config: ServerConfig):
     return uvicorn.Config(
         app,
         http=protocol or "auto",
+        ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
         host=config.host,
         port=config.port,
         access_log=False,

@@ -247,7 +247,7 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
 
 def open_served(model: str, backend: str, threads: int | None, name: str | None):
     """A ServedModel for MODEL, opened here (each ``--workers`` process calls this itself)."""
-    from stn_deploy.runtime.serving.http_server import ServedModel
+    from stn_deploy.runtime.serving.config import ServedModel
 
     resolved_name, session, _ = resolve_model(model, backend, threads)
     return ServedModel(name or resolved_name, session)

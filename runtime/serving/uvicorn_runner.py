@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 
-from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig, create_app
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.http_server import create_app
 from stn_deploy.runtime.serving.slow_clients import header_timeout_protocol
 from stn_deploy.runtime.session import SessionError
 
@@ -109,6 +110,14 @@ class ServerThread:
     @property
     def url(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC server (after ``start``; ``config.grpc_port`` must be set)."""
+        port = self.app.state.grpc_port
+        if port is None:
+            raise SessionError("this server has no gRPC port; set ServerConfig(grpc_port=0)")
+        return f"{self.config.host}:{port}"
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         self._thread.start()

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from stn_deploy.cli import main
 from stn_deploy.model_source import resolve_model
 from stn_deploy.models import load_model, shipped_checkpoints
-from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
 from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
 CHECKPOINTS = sorted(shipped_checkpoints())

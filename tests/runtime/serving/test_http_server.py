@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
 from stn_deploy.runtime.serving.protocol_client import encode_infer_request
 from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 from stn_deploy.runtime.session import Session

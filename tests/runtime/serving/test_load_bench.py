@@ -10,7 +10,7 @@ import numpy as np
 
 from stn_deploy import load_client
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
 from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
 _PATH = Path(__file__).resolve().parents[3] / "bench" / "load_bench.py"

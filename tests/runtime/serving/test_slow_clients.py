@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.serving.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
 from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 from stn_deploy.runtime.session import Session
 

@@ -114,9 +114,11 @@ def plot(summary: dict[str, dict], path, title: str) -> None:
     for ax, c, field, label in ((axes[0], top, "throughput", f"requests/s at concurrency {top}"),
                                 (axes[1], 1, "p50_ms", "p50 latency (ms) at concurrency 1")):
         chosen = [r for r in rows if r["concurrency"] == c and r[field] is not None]
-        names = [f"{r['server']}\n{r['protocol']}" for r in chosen]
+        names = [f"{r['server'].replace('@', chr(10) + '@')}\n{r['protocol']}" for r in chosen]
         values = [r[field] for r in chosen]
-        colors = ["tab:blue" if r["server"].startswith("ours") else "tab:gray" for r in chosen]
+        colors = ["tab:blue" if r["server"] == "ours" else
+                  "lightsteelblue" if r["server"].startswith("ours@") else "tab:gray"
+                  for r in chosen]  # fmt: skip
         if field == "throughput":
             lo = [r[field] - r["throughput_min"] for r in chosen]
             hi = [r["throughput_max"] - r[field] for r in chosen]
@@ -128,7 +130,7 @@ def plot(summary: dict[str, dict], path, title: str) -> None:
             ax.text(x, v, f"{v:,.0f}" if field == "throughput" else f"{v:.2f}",
                     ha="center", va="bottom", fontsize=8)  # fmt: skip
         ax.set_title(label, fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

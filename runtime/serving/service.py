@@ -13,8 +13,6 @@ import contextlib
 import time
 from typing import NamedTuple
 
-import numpy as np
-
 from stn_deploy import __version__
 from stn_deploy.runtime.serving.batcher import DynamicBatcher
 from stn_deploy.runtime.serving.batcher_config import (
@@ -145,7 +143,3 @@ class ModelService:
     def finished(self, status: int, started: float, kind: str | None) -> None:
         self.metrics.on_request(status, time.perf_counter() - started, kind)
 
-
-def outputs_in_order(request: InferRequest, outputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The requested outputs, in the order the request named them."""
-    return [outputs[want.name] for want in request.outputs]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig, create_app
-from stn_deploy.runtime.protocol_client import encode_infer_request
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.http_server import create_app
+from stn_deploy.runtime.serving.protocol_client import encode_infer_request
 from stn_deploy.runtime.session import Session, TensorSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

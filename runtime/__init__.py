@@ -1,8 +1,7 @@
-"""Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface, and the server."""
+"""Inference sessions (ONNX Runtime, PyTorch, TensorRT) behind one interface; serving them is
+:mod:`stn_deploy.runtime.serving`."""
 
 from stn_deploy.runtime.backends import open_session
-from stn_deploy.runtime.batcher import DynamicBatcher
-from stn_deploy.runtime.batcher_config import BatcherConfig
 from stn_deploy.runtime.ort import OrtSession
 from stn_deploy.runtime.session import (
     BackendUnavailableError,
@@ -15,8 +14,6 @@ from stn_deploy.runtime.torch_session import TorchSession
 
 __all__ = [
     "BackendUnavailableError",
-    "BatcherConfig",
-    "DynamicBatcher",
     "InputError",
     "OrtSession",
     "Session",

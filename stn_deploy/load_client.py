@@ -1,16 +1,18 @@
-"""A lean KServe v2 load client: prebuilt binary requests over keep-alive HTTP/1.1 connections.
+"""A lean KServe v2 load client: prebuilt requests over keep-alive HTTP/1.1 connections.
 
-``bench/load_bench.py`` drives it against ``stn-deploy serve``; it also works against Triton or
-any server speaking the Open Inference Protocol with binary tensors. It is deliberately cheap,
-because on a small box it competes with the server for the CPU: every request body is built
-before the clock starts, only the status line, two headers and the binary logits are parsed, and
-every answer is checked against its own request after the timed window.
+``bench/load_bench.py`` and ``bench/peers/`` drive it against ``stn-deploy serve``; it also works
+against Triton, MLServer or any server speaking the Open Inference Protocol, with binary tensors
+or JSON (gRPC: :mod:`stn_deploy.load_client_grpc`). It is deliberately cheap, because on a small
+box it competes with the server for the CPU: every request body is built before the clock
+starts, only the status line and two headers are parsed while it runs, and every answer is
+checked against its own request after the timed window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stn_deploy.runtime.protocol_client import encode_infer_request
-
 __all__ = [
     "LevelResult",
+    "inputs_and_expected",
     "build_requests",
+    "check_answer",
+    "close_enough",
     "run_level",
     "run",
     "process_cpu_s",
@@ -48,8 +51,9 @@ class LevelResult:
     server_cpu_ms_per_request_by_thread: dict[str, float] | None = None
 
 
-def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samples: int = 1):
-    """n prebuilt HTTP requests (binary tensors, ``samples`` each) and the logits each must get."""
+def inputs_and_expected(path: Path, n: int, seed: int = 0, samples: int = 1):
+    """n random inputs [samples, C, H, W] for the model at ``path``, and the logits of each
+    from a local ONNX Runtime session (what every answer is checked against)."""
     from stn_deploy.runtime.ort import OrtSession
 
     sess = OrtSession(path).open()
@@ -58,11 +62,36 @@ def build_requests(path: Path, name: str, host: str, n: int, seed: int = 0, samp
     xs = rng.random((n, samples, *shape), dtype=np.float32)
     expected = [sess.infer({"input": x})["logits"] for x in xs]
     sess.close()
+    return xs, expected
+
+
+def build_requests(
+    path: Path,
+    name: str,
+    host: str,
+    n: int,
+    seed: int = 0,
+    samples: int = 1,
+    protocol: str = "binary",
+    url_path: str | None = None,
+):
+    """n prebuilt HTTP requests (``samples`` each, binary tensors or JSON) and the logits each
+    must get. ``url_path`` defaults to the KServe v2 /v2/models/NAME/infer."""
+    from stn_deploy.runtime.serving.protocol_client import (
+        encode_infer_request,
+        encode_json_request,
+    )
+
+    encoders = {"binary": encode_infer_request, "json": encode_json_request}
+    if protocol not in encoders:
+        raise ValueError(f"protocol {protocol!r} is not one of {sorted(encoders)}")
+    xs, expected = inputs_and_expected(path, n, seed, samples)
+    target = url_path or f"/v2/models/{name}/infer"
     requests = []
     for x in xs:
-        body, headers = encode_infer_request({"input": x})
+        body, headers = encoders[protocol]({"input": x})
         head = (
-            f"POST /v2/models/{name}/infer HTTP/1.1\r\nHost: {host}\r\n"
+            f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
             + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
@@ -83,15 +112,28 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, int 
     return status, body, int(header_len) if header_len else None
 
 
-def _check(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
-    if header_len is None:
-        return False
-    got = np.frombuffer(body, np.float32, offset=header_len).reshape(expected.shape)
+def close_enough(got: np.ndarray, expected: np.ndarray) -> bool:
     # |got - expected| <= 1e-4 * (1 + |expected|): np.allclose's rule at a fraction of its cost
     return (
         bool((np.abs(got - expected) <= 1e-4 * (1 + np.abs(expected))).all())
         and (got.argmax(axis=1) == expected.argmax(axis=1)).all()
     )
+
+
+def check_answer(body: bytes, header_len: int | None, expected: np.ndarray) -> bool:
+    """Does a KServe v2 response (binary logits, or JSON "data") hold the expected logits?"""
+    try:
+        if header_len is not None:
+            got = np.frombuffer(body, np.float32, offset=header_len)
+        else:
+            doc = json.loads(body)
+            (out,) = [o for o in doc["outputs"] if o["name"] == "logits"]
+            got = np.asarray(out["data"], np.float32)
+            if list(out["shape"]) != list(expected.shape):
+                return False
+        return got.size == expected.size and close_enough(got.reshape(expected.shape), expected)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _ticks(stat_path: Path) -> int | None:
@@ -201,7 +243,7 @@ async def run_level(
     cpu, server1 = own_cpu_s() - cpu0, process_cpu_split(pid)
     # Every answer is checked, after the timed window: on a 2-core box the check's CPU would
     # otherwise be taken from the server under test (about 30 µs per request).
-    counters["mismatches"] = sum(not _check(b, h, expected[k]) for k, b, h in answers)
+    counters["mismatches"] = sum(not check_answer(b, h, expected[k]) for k, b, h in answers)
     n = max(1, len(latencies))
     by_thread = None
     if server0 is not None and server1 is not None:

@@ -1,8 +1,9 @@
 """MODEL -> an open Session: a checkpoint directory or shipped name, an ``.onnx`` file or an engine.
 
 ``stn-deploy serve`` and ``triton-repo`` take MODEL in any of those forms. Checkpoints are
-exported to ONNX once, into a cache keyed by the checkpoint's bytes and the exporter's source;
-the backend is picked from the file and what this machine has (TensorRT with a GPU, else ONNX
+exported to ONNX once, into a cache keyed by the checkpoint's bytes and the exporter's source,
+with ``theta`` and ``warped`` beside ``logits`` when the model has a spatial transformer. The
+backend is picked from the file and what this machine has (TensorRT with a GPU, else ONNX
 Runtime on the CPU; PyTorch on request).
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "pick_backend",
     "model_name",
     "checkpoint_onnx",
+    "transformer_outputs",
     "default_ort_threads",
     "resolve_model",
     "open_served",
@@ -81,8 +83,12 @@ def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
         ) from None
 
 
-def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Path:
-    """Export a checkpoint to ONNX once; the cache key hashes its files and the exporter's."""
+def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=None) -> Path:
+    """Export a checkpoint to ONNX once; the cache key hashes its files and the exporter's.
+
+    ``extra_outputs`` None: ``theta`` and ``warped`` beside ``logits`` when the model has a
+    spatial transformer (:func:`transformer_outputs`), ``logits`` alone when it has none.
+    """
     ckpt_dir = _checkpoint_dir(ckpt)
     digest = hashlib.sha256()
     for f in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
@@ -93,16 +99,51 @@ def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=EXTRA_OUTPUTS) -> Pat
 
     for f in sorted(Path(stn_deploy.export.__file__).parent.glob("*.py")):
         digest.update(f.read_bytes())
-    tag = "-".join(extra_outputs) or "logits"
+    tag = "auto" if extra_outputs is None else "-".join(extra_outputs) or "logits"
     out = _cache_dir() / f"{ckpt_dir.name}-{digest.hexdigest()[:16]}-{tag}.onnx"
     if not out.is_file():
         from stn_deploy.export.onnx_export import export_checkpoint
 
+        if extra_outputs is None:
+            from stn_deploy.models import load_model
+
+            loaded = load_model(ckpt_dir)
+            extra_outputs = transformer_outputs(loaded.model, loaded.input_shape)
         log.info("exporting %s to %s", ckpt_dir, out)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         export_checkpoint(ckpt_dir, tmp, extra_outputs=tuple(extra_outputs))
         os.replace(tmp, out)
     return out
+
+
+def transformer_outputs(model, input_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """``("theta", "warped")`` when ``model`` has a spatial transformer that yields them, else ().
+
+    A model has them when it contains a stn_deploy ``Warp`` (every STN of the zoo), or when its
+    ``forward(x, return_aux=True)`` returns ``(logits, {"theta": ..., "warped": ...})`` (one
+    forward pass on zeros tells). Baselines such as ``cnn`` have neither and serve ``logits``.
+    """
+    import torch
+
+    from stn_deploy.models.sampling import Warp
+
+    if any(isinstance(m, Warp) for m in model.modules()):
+        return EXTRA_OUTPUTS
+    if not _takes_return_aux(model):
+        return ()
+    with torch.inference_mode():
+        out = model.eval()(torch.zeros(1, *input_shape[-3:]), return_aux=True)
+    aux = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 else None
+    return EXTRA_OUTPUTS if isinstance(aux, dict) and set(EXTRA_OUTPUTS) <= set(aux) else ()
+
+
+def _takes_return_aux(model) -> bool:
+    import inspect
+
+    try:
+        return "return_aux" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def default_ort_threads(workers: int = 1) -> int:
@@ -132,9 +173,9 @@ def _torch_session(ckpt: str | os.PathLike, threads: int | None):
 
     loaded = load_model(ckpt)
     spec = TensorSpec("input", (None, *loaded.input_shape), "float32")
-    return TorchSession(
-        _with_extras(loaded.model), [spec], ("logits", *EXTRA_OUTPUTS), threads=threads
-    )
+    extras = transformer_outputs(loaded.model, loaded.input_shape)
+    module = _with_extras(loaded.model) if extras else loaded.model
+    return TorchSession(module, [spec], ("logits", *extras), threads=threads)
 
 
 def _with_extras(model):
@@ -142,18 +183,13 @@ def _with_extras(model):
 
     The zoo's protocol first (``forward(x, return_aux=True)`` -> ``(logits, {theta, warped})``,
     warped in raw pixel units, exactly what the exporter reads); otherwise the first Warp's
-    outputs.
+    outputs (:func:`transformer_outputs` has checked that one of the two is there).
     """
-    import inspect
-
     import torch
 
     from stn_deploy.models.sampling import Warp
 
-    try:
-        takes_aux = "return_aux" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        takes_aux = False
+    takes_aux = _takes_return_aux(model)
 
     class WithExtras(torch.nn.Module):
         def __init__(self) -> None:
@@ -211,7 +247,7 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
 
 def open_served(model: str, backend: str, threads: int | None, name: str | None):
     """A ServedModel for MODEL, opened here (each ``--workers`` process calls this itself)."""
-    from stn_deploy.runtime.http_server import ServedModel
+    from stn_deploy.runtime.serving.config import ServedModel
 
     resolved_name, session, _ = resolve_model(model, backend, threads)
     return ServedModel(name or resolved_name, session)

@@ -33,9 +33,9 @@ log = logging.getLogger("stn_deploy.serve")
 
 # -- commands -----------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace) -> int:
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
-    from stn_deploy.runtime.logs import configure_json_logging
-    from stn_deploy.runtime.uvicorn_runner import run_server
+    from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+    from stn_deploy.runtime.serving.logs import configure_json_logging
+    from stn_deploy.runtime.serving.uvicorn_runner import run_server
 
     if args.workers < 1:
         raise ServeError(f"--workers must be >= 1, got {args.workers}")
@@ -46,6 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         config = ServerConfig(
             host=args.host,
             port=args.port,
+            grpc_port=args.grpc_port,
             max_batch=args.max_batch,
             max_delay_ms=args.max_delay_ms,
             max_queue=args.max_queue,
@@ -61,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     # checkpoint is exported to ONNX once (the workers find it in the cache).
     name, session, _ = resolve_model(args.model, args.backend, threads)
     if args.workers > 1:
-        from stn_deploy.runtime.workers import serve_workers
+        from stn_deploy.runtime.serving.workers import serve_workers
 
         session.close()
         opener = functools.partial(open_served, args.model, args.backend, threads, args.name)
@@ -91,7 +92,7 @@ def _engine_onnx(engine: Path, max_batch: int) -> Path | None:
 
 
 def _triton_repo(args: argparse.Namespace) -> int:
-    from stn_deploy.runtime.triton_repo import TritonRepoConfig, write_triton_repo
+    from stn_deploy.runtime.serving.triton_repo import TritonRepoConfig, write_triton_repo
 
     path = Path(args.model)
     engine = Path(args.engine) if args.engine else None
@@ -150,8 +151,8 @@ def _serve_bench(args: argparse.Namespace) -> int:
 
 
 _FLAG_FIELDS = re.compile(
-    r"\b(port|max_batch|max_delay_ms|max_queue|max_request_batch|request_timeout_s|body_timeout_s"
-    r"|header_timeout_s)\b"
+    r"\b(grpc_port|port|max_batch|max_delay_ms|max_queue|max_request_batch|request_timeout_s"
+    r"|body_timeout_s|header_timeout_s)\b"
 )
 
 
@@ -163,9 +164,10 @@ def _as_flags(message: str) -> str:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="serve a model over KServe v2 HTTP with dynamic batching",
+        help="serve a model over KServe v2 HTTP (and gRPC) with dynamic batching",
         description="Serve MODEL (checkpoint dir, .onnx or engine) over the KServe v2 / Open "
-        "Inference Protocol; any tritonclient.http or KServe client talks to it.",
+        "Inference Protocol over HTTP, and over gRPC with --grpc-port; any tritonclient or "
+        "KServe client talks to it.",
     )
     p.add_argument("model", help="checkpoint directory, .onnx file or TensorRT engine")
     p.add_argument(
@@ -176,6 +178,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve KServe v2 gRPC (GRPCInferenceService, as Triton) on this port, e.g. "
+        "8001 (0: any free port); needs the grpc extra: pip install 'stn-deploy[grpc]'",
+    )
     p.add_argument("--name", help="model name (default: checkpoint folder name or file stem)")
     p.add_argument("--max-batch", type=int, default=64, help="samples per backend call")
     p.add_argument(
@@ -272,8 +280,8 @@ def demo_serve(
     import numpy as np
     import tritonclient.http as httpclient
 
-    from stn_deploy.runtime.http_server import ServedModel, ServerConfig
-    from stn_deploy.runtime.uvicorn_runner import ServerThread
+    from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+    from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
     if images is not None:
         n_requests = min(n_requests, len(images))

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "export", "runtime", "plugins")
+PACKAGES = ("models", "export", "runtime", "runtime/serving", "plugins")
 
 
 def test_editable_install_maps_folders():
     import stn_deploy
 
     for name in PACKAGES:
-        module = __import__(f"stn_deploy.{name}", fromlist=["_"])
+        module = __import__(f"stn_deploy.{name.replace('/', '.')}", fromlist=["_"])
         assert Path(module.__file__).resolve() == ROOT / name / "__init__.py"
     assert stn_deploy.__version__
 
@@ -51,7 +51,7 @@ def test_built_wheel_contains_and_imports_every_package(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import stn_deploy.models.sampling as s, stn_deploy.runtime as r, stn_deploy.export, "
-        "stn_deploy.plugins; print(s.__file__)"
+        "stn_deploy.runtime.serving.protocol, stn_deploy.plugins; print(s.__file__)"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run(

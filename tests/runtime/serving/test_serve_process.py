@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 
-from stn_deploy.runtime.logs import JsonLineFormatter
+from stn_deploy.runtime.serving.logs import JsonLineFormatter
 
 
 def test_json_line_formatter_keeps_extras():

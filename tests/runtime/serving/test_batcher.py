@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from stn_deploy.runtime.batcher import DynamicBatcher
-from stn_deploy.runtime.batcher_config import (
+from stn_deploy.runtime.serving.batcher import DynamicBatcher
+from stn_deploy.runtime.serving.batcher_config import (
     BatcherClosedError,
     BatcherConfig,
     DeadlineExceededError,

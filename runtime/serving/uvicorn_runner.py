@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig, create_app
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.http_server import create_app
+from stn_deploy.runtime.serving.slow_clients import header_timeout_protocol
 from stn_deploy.runtime.session import SessionError
-from stn_deploy.runtime.slow_clients import header_timeout_protocol
 
 __all__ = ["run_server", "ServerThread"]
 
@@ -33,6 +34,7 @@ def _uvicorn_config(app, config: ServerConfig):
     return uvicorn.Config(
         app,
         http=protocol or "auto",
+        ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
         host=config.host,
         port=config.port,
         access_log=False,
@@ -49,7 +51,7 @@ def run_server(
     """Serve until SIGINT/SIGTERM, then shut down gracefully (blocking).
 
     ``sockets``: already-listening sockets to accept on instead of binding host:port (the
-    workers of :mod:`stn_deploy.runtime.workers` share the one their parent bound).
+    workers of :mod:`stn_deploy.runtime.serving.workers` share the one their parent bound).
     """
     import uvicorn
 
@@ -108,6 +110,14 @@ class ServerThread:
     @property
     def url(self) -> str:
         return f"{self.config.host}:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC server (after ``start``; ``config.grpc_port`` must be set)."""
+        port = self.app.state.grpc_port
+        if port is None:
+            raise SessionError("this server has no gRPC port; set ServerConfig(grpc_port=0)")
+        return f"{self.config.host}:{port}"
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         self._thread.start()

@@ -15,11 +15,11 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.protocol_client import encode_infer_request
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.protocol_client import encode_infer_request
+from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 from stn_deploy.runtime.session import Session
-from stn_deploy.runtime.uvicorn_runner import ServerThread
 
 
 @pytest.fixture(scope="module")

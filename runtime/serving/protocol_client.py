@@ -1,4 +1,5 @@
-"""The client side of the KServe v2 protocol: a binary-tensor request body, as tritonclient sends.
+"""The client side of the KServe v2 protocol: request bodies as tritonclient sends them, with
+binary tensors or as JSON.
 
 For clients that build requests themselves, such as the load benchmark, which pre-builds them
 to keep its own CPU cost out of the measurement; and for tests that speak raw HTTP.
@@ -11,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stn_deploy.runtime.protocol import HEADER_LENGTH, datatype_of
+from stn_deploy.runtime.serving.protocol import HEADER_LENGTH, datatype_of
 
-__all__ = ["encode_infer_request"]
+__all__ = ["encode_infer_request", "encode_json_request"]
 
 
 def encode_infer_request(
@@ -39,3 +40,21 @@ def encode_infer_request(
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def encode_json_request(
+    inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ("logits",)
+) -> tuple[bytes, dict[str, str]]:
+    """A client's all-JSON request body and headers: tensors as flat "data" lists (each float32
+    written as Python writes the float, as tritonclient's JSON does), outputs asked as JSON."""
+    entries = [
+        {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": datatype_of(array.dtype),
+            "data": array.ravel().tolist(),
+        }
+        for name, array in inputs.items()
+    ]
+    doc = {"inputs": entries, "outputs": [{"name": n} for n in outputs]}
+    return json.dumps(doc, separators=(",", ":")).encode(), {"Content-Type": "application/json"}

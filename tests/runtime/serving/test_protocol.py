@@ -9,12 +9,14 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from stn_deploy.runtime.protocol import (
+from stn_deploy.runtime.serving.protocol import (
     HEADER_LENGTH,
     ProtocolError,
     RequestDecoder,
     RequestedOutput,
     decode_infer_request,
+)
+from stn_deploy.runtime.serving.protocol_response import (
     encode_infer_response,
     error_body,
     model_metadata,
@@ -99,6 +101,51 @@ def test_bad_requests_name_expected_and_got(body, header_len, status, message):
     with pytest.raises(ProtocolError, match=message) as err:
         decode_infer_request(body, header_len, SPECS, OUTS)
     assert err.value.status == status
+
+
+def _doc_body(**top):
+    doc = json.loads(_json_body())
+    doc.update(top)
+    return json.dumps(doc).encode()
+
+
+_BOTH = {"name": "input", "shape": [1, 1, 4, 4], "datatype": "FP32", "data": [0.5] * 16,
+         "parameters": {"binary_data_size": 64}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "header_len", "message"),
+    [
+        # the three answers that were wrong: a 500 (RecursionError), a 500, a 200
+        (b"[" * 200_000, None, "nested deeper than 1024 levels"),
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", None, "nested deeper than 1024"),
+        (_doc_body(parameters=[]), None, '"parameters" must be a JSON object, got array'),
+        (json.dumps({"inputs": [_BOTH]}).encode() + bytes(64), 0, 'has both "data" and binary'),
+        # their relatives
+        (_doc_body(parameters="binary"), None, '"parameters" must be a JSON object, got string'),
+        (_doc_body(parameters={"binary_data_output": "yes"}), None, "must be true or false"),
+        (_doc_body(outputs=[{"name": "logits", "parameters": [1]}]), None, "got array"),
+        (_doc_body(outputs=[{"name": "logits", "parameters": {"binary_data": 1}}]), None,
+         "'binary_data' must be true or false, got number"),
+        (_doc_body(outputs=[{"name": "logits"}, {"name": "logits"}]), None, "more than once"),
+        (_doc_body(outputs={"name": "logits"}), None, '"outputs" must be a list, got object'),
+        (_doc_body(id=7), None, '"id" must be a string, got number'),
+        (_json_body(parameters=[{"binary_data_size": 64}]), None, "got array"),
+        (_json_body(data={"0": 0.5}), None, '"data" must be an array of FP32, got object'),
+        (_json_body(data=[[0.5] * 16] * 2), None, "32 values for shape"),
+        (_json_body(data=[[0.5, [0.5]]] * 8), None, "not a list of FP32"),
+        (_json_body(data=[{}] * 16), None, "not a list of FP32"),
+        (_json_body(name=["input"]), None, 'an object with a "name"'),
+        (_json_body(shape=[1, 1, 4, True]), None, "list of ints >= 0"),
+        (_json_body(shape="1,1,4,4"), None, "list of ints >= 0"),
+    ],
+)
+def test_hostile_bodies_get_400_naming_the_fault(body, header_len, message):
+    if header_len == 0:
+        header_len = len(body) - 64
+    with pytest.raises(ProtocolError, match=message) as err:
+        decode_infer_request(body, header_len, SPECS, OUTS)
+    assert err.value.status == 400
 
 
 def test_binary_body_without_its_header_length_says_which_header_is_missing():

@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import text_format
 
 from stn_deploy.cli import main
+from stn_deploy.runtime.serving.triton_repo import TritonRepoConfig, onnx_specs, write_triton_repo
 from stn_deploy.runtime.session import SessionError, TensorSpec
-from stn_deploy.runtime.triton_repo import TritonRepoConfig, onnx_specs, write_triton_repo
 
 
 def _parse(path, pb2):
@@ -94,7 +94,7 @@ def test_tensorrt_without_engine_is_a_clear_error(toy_onnx, tmp_path):
 
 
 def test_model_config_json_names_a_dtype_triton_cannot_take():
-    from stn_deploy.runtime.triton_repo import model_config_json
+    from stn_deploy.runtime.serving.triton_repo import model_config_json
 
     good = TensorSpec("input", (None, 3), "float16")
     config = model_config_json("m", "onnxruntime_onnx", 8, 0, [good], [good])

@@ -1,7 +1,7 @@
 """Prometheus metrics of the server: requests by status, batch sizes, queue and inference time.
 
-They also hold what Triton's statistics extension reports (runtime/triton_stats.py reads them
-back), so /metrics and /v2/models/NAME/stats agree and both sum over ``--workers``.
+They also hold what Triton's statistics extension reports (runtime/serving/triton_stats.py reads
+them back), so /metrics and /v2/models/NAME/stats agree and both sum over ``--workers``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The dynamic batcher's settings, the errors it raises and the observer it reports to.
 
-What callers of :mod:`stn_deploy.runtime.batcher` configure and catch; the HTTP layer maps each
-error to its status code.
+What callers of :mod:`stn_deploy.runtime.serving.batcher` configure and catch; the HTTP layer
+maps each error to its status code.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ import logging
 import time
 from collections.abc import Awaitable
 
+from stn_deploy.runtime.serving.protocol_response import error_body
+
 __all__ = ["BodyDeadlines", "BodyTimeoutError", "header_timeout_protocol"]
 
 log = logging.getLogger("stn_deploy.runtime.server")
@@ -75,6 +77,10 @@ class BodyDeadlines:
             self._timer = None
 
 
+_INVALID_400 = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+)
 _TIMEOUT_408 = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
@@ -109,8 +115,11 @@ def header_timeout_protocol(timeout_s: float) -> type | None:
     ``timeout_s`` to send complete request headers (counted from the connection, or from the
     previous response); a request begun gets 408 first. None when httptools is missing.
 
+    Bytes that do not parse as HTTP get the protocol's JSON 400 instead of uvicorn's plain text.
+
     It hooks uvicorn's own protocol methods (connection_made/lost, on_message_begin,
-    on_headers_complete, on_response_complete); tests/runtime/test_slow_clients.py pins them.
+    on_headers_complete, on_response_complete, send_400_response);
+    tests/runtime/serving/test_slow_clients.py and test_fuzz.py pin them.
     """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -143,6 +152,15 @@ def header_timeout_protocol(timeout_s: float) -> type | None:
             super().on_response_complete()
             if self.cycle is None or self.cycle.response_complete:  # no pipelined one started
                 self.stn_waiting_since = time.monotonic()
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to bytes that are no HTTP request, as the protocol's JSON."""
+            message = error_body(
+                f"{msg.rstrip('.')}: the bytes sent are not an HTTP/1.1 request; expected e.g. "
+                "POST /v2/models/NAME/infer with Content-Length and a JSON body"
+            )
+            self.transport.write(_INVALID_400 % (len(message), message))
+            self.transport.close()
 
         def stn_header_timeout(self, timeout: float) -> None:
             if self.transport.is_closing():

@@ -1,6 +1,6 @@
 """Clients that stall on their request headers: closed (408 if a request had begun), others served.
 
-These also pin the uvicorn protocol methods runtime/slow_clients.py hooks: if an upgrade of
+These also pin the uvicorn protocol methods runtime/serving/slow_clients.py hooks: if an upgrade of
 uvicorn renames them, the stalled connections here stay open and the tests fail.
 """
 
@@ -15,10 +15,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 from stn_deploy.runtime.session import Session
-from stn_deploy.runtime.uvicorn_runner import ServerThread
 
 pytest.importorskip("httptools", reason="header timeouts need uvicorn's httptools protocol")
 

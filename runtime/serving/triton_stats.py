@@ -1,7 +1,8 @@
 """Triton's statistics extension (``GET /v2/models/NAME/stats``) from the server's own metrics.
 
-The figures are read back from the Prometheus registry (:mod:`stn_deploy.runtime.metrics`), so
-they agree with /metrics and sum over ``--workers``. What each field counts here:
+The figures are read back from the Prometheus registry
+(:mod:`stn_deploy.runtime.serving.metrics`), so they agree with /metrics and sum over
+``--workers``. What each field counts here:
 
 - ``success`` / ``fail``: requests answered 200 / anything else, and their time in the server
   (from reading the request to the response);
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from stn_deploy.runtime.metrics import PHASES, ServerMetrics
+from stn_deploy.runtime.serving.metrics import PHASES, ServerMetrics
 
 __all__ = ["model_statistics"]
 

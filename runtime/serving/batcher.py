@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from stn_deploy.runtime.batcher_config import (
+from stn_deploy.runtime.serving.batcher_config import (
     BatcherClosedError,
     BatcherConfig,
     BatchObserver,
@@ -51,7 +51,7 @@ from stn_deploy.runtime.batcher_config import (
 )
 from stn_deploy.runtime.session import InputError, Session, SessionError, non_finite_message
 
-__all__ = ["DynamicBatcher"]  # its settings and errors: stn_deploy.runtime.batcher_config
+__all__ = ["DynamicBatcher"]  # its settings and errors: stn_deploy.runtime.serving.batcher_config
 
 
 @dataclass

@@ -13,7 +13,6 @@ import logging
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,100 +20,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from stn_deploy import __version__
-from stn_deploy.runtime.batcher import DynamicBatcher
-from stn_deploy.runtime.batcher_config import (
-    BatcherClosedError,
-    BatcherConfig,
-    DeadlineExceededError,
-    QueueFullError,
-    RequestTooLargeError,
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.metrics import ServerMetrics
+from stn_deploy.runtime.serving.protocol import HEADER_LENGTH, ProtocolError
+from stn_deploy.runtime.serving.protocol_response import encode_infer_response, error_body
+from stn_deploy.runtime.serving.service import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    ModelService,
+    failure_of,
 )
-from stn_deploy.runtime.metrics import ServerMetrics
-from stn_deploy.runtime.protocol import (
-    HEADER_LENGTH,
-    ProtocolError,
-    RequestDecoder,
-    encode_infer_response,
-    error_body,
-    model_metadata,
-)
-from stn_deploy.runtime.session import InputError, Session, SessionError
-from stn_deploy.runtime.slow_clients import (
-    BodyDeadlines,
-    BodyTimeoutError,
-)
-from stn_deploy.runtime.triton_repo import model_config_json
-from stn_deploy.runtime.triton_stats import model_statistics
+from stn_deploy.runtime.serving.slow_clients import BodyDeadlines, BodyTimeoutError
+from stn_deploy.runtime.session import SessionError
 
-__all__ = ["ServerConfig", "ServedModel", "create_app"]  # running it: runtime.uvicorn_runner
+__all__ = ["create_app"]  # its settings: runtime.serving.config; running it: uvicorn_runner
 
 log = logging.getLogger("stn_deploy.runtime.server")
-
-_PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan", "torch": "pytorch_libtorch"}
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Where to listen and how to batch; limits that keep one client from hurting the rest."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 64
-    max_delay_ms: float = 2.0
-    max_queue: int = 1024  # samples waiting; beyond it: 503 + Retry-After
-    max_request_batch: int = 256  # samples in one request; beyond it: 413
-    max_body_bytes: int = 64 * 1024 * 1024  # beyond it: 413
-    request_timeout_s: float = 30.0  # a request still queued after this: 503
-    body_timeout_s: float = 60.0  # a body not all received this long after its headers: 408
-    header_timeout_s: float = 30.0  # no complete request headers this long: 408 / closed
-    graceful_timeout_s: float = 30.0
-    switch_interval_ms: float = 0.5  # GIL switch interval run_server sets (Python default: 5)
-    # A lone request runs on the event loop's thread (sessions that allow it): no hand-off.
-    inline_when_idle: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {self.port!r}; e.g. 8000 (0: any free)")
-        if self.max_request_batch < 1 or self.max_request_batch > self.max_queue:
-            raise ValueError(
-                f"max_request_batch ({self.max_request_batch}) must be 1..max_queue "
-                f"({self.max_queue}); e.g. max_request_batch=256 with max_queue=1024"
-            )
-        if self.max_body_bytes < 1024:
-            raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
-        timeouts = (self.request_timeout_s, self.body_timeout_s, self.header_timeout_s)
-        if min(timeouts) <= 0 or self.graceful_timeout_s < 0:
-            raise ValueError(
-                "request_timeout_s, body_timeout_s and header_timeout_s must be > 0 and "
-                "graceful_timeout_s >= 0, e.g. 30"
-            )
-        self.batcher_config()  # validates max_batch, max_delay_ms, max_queue
-
-    def batcher_config(self) -> BatcherConfig:
-        return BatcherConfig(
-            self.max_batch,
-            self.max_delay_ms,
-            self.max_queue,
-            dispatch_when_idle=True,
-            reject_non_finite=True,
-            run_inline_when_idle=self.inline_when_idle,
-        )
-
-
-@dataclass
-class ServedModel:
-    """A name and an open session; the server owns neither the model logic nor its loading."""
-
-    name: str
-    session: Session
-    version: str = "1"
-    platform: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"model name {self.name!r} must be non-empty without '/'")
-        self.platform = self.platform or _PLATFORMS.get(self.session.backend, self.session.backend)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -122,51 +44,21 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 class _Endpoints:
-    """Route handlers bound to one model, its batcher and its metrics."""
+    """Route handlers bound to one model service (its batcher and metrics)."""
 
-    def __init__(self, model: ServedModel, config: ServerConfig, metrics: ServerMetrics) -> None:
-        self.model = model
-        self.config = config
-        self.metrics = metrics
-        self.active = 0  # /infer requests between arrival and their response being sent
-        self.batcher = DynamicBatcher(
-            model.session,
-            config.batcher_config(),
-            observer=metrics,
-            others_active=lambda: self.active > 1,
-        )
-        metrics.queued_samples = lambda: self.batcher.queued_rows
-        self.decoder = RequestDecoder(
-            model.session.inputs,
-            model.session.output_names,
-            max_batch_size=config.max_request_batch,
-            # NaN/Inf: checked once per batch by the batcher's worker. numpy releases the GIL
-            # for that check, and on the event loop each release costs a wait for the GIL
-            # (measured in-process at concurrency 64: 28 µs per request; bench/profile_server.py).
-            check_finite=False,
-        )
-        self.body_deadlines = BodyDeadlines(config.body_timeout_s)
-        self.metadata = model_metadata(
-            model.name,
-            model.session.inputs,
-            model.session.outputs,
-            model.platform,
-            [model.version],
-        )
+    def __init__(self, service: ModelService) -> None:
+        self.service = service
+        self.model = service.model
+        self.config = service.config
+        self.metrics = service.metrics
+        self.batcher = service.batcher
+        self.decoder = service.decoder
+        self.body_deadlines = BodyDeadlines(service.config.body_timeout_s)
 
     # -- health and metadata -------------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse(
-            {
-                "name": "stn-deploy",
-                "version": __version__,
-                "extensions": [
-                    "binary_tensor_data",
-                    "classification",
-                    "model_configuration",
-                    "statistics",
-                ],
-            }
+            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
         )
 
     async def live(self, request: Request) -> Response:
@@ -176,18 +68,13 @@ class _Endpoints:
         return Response(status_code=200 if self.batcher.accepting else 503)
 
     def _unknown(self, request: Request) -> Response | None:
-        name = request.path_params["name"]
-        version = request.path_params.get("version", self.model.version)
-        if name != self.model.name or version != self.model.version:
-            return _error(
-                404,
-                f"unknown model {name!r} version {version!r}; this server serves "
-                f"{self.model.name!r} version {self.model.version!r}",
-            )
-        return None
+        message = self.service.unknown(
+            request.path_params["name"], request.path_params.get("version")
+        )
+        return None if message is None else _error(404, message)
 
     async def model_meta(self, request: Request) -> Response:
-        return self._unknown(request) or JSONResponse(self.metadata)
+        return self._unknown(request) or JSONResponse(self.service.metadata)
 
     async def model_ready(self, request: Request) -> Response:
         return self._unknown(request) or await self.ready(request)
@@ -197,15 +84,7 @@ class _Endpoints:
         if (unknown := self._unknown(request)) is not None:
             return unknown
         try:
-            config = model_config_json(
-                self.model.name,
-                self.model.platform,
-                # what one request may carry (the batcher splits it into max_batch batches)
-                self.config.max_request_batch,
-                round(self.config.max_delay_ms * 1000),
-                self.model.session.inputs,
-                self.model.session.outputs,
-            )
+            config = self.service.model_config()
         except SessionError as exc:
             return _error(400, f"no Triton model configuration for this model: {exc}")
         return JSONResponse(config)
@@ -214,8 +93,7 @@ class _Endpoints:
         """Triton's statistics extension, read back from the metrics (all workers summed)."""
         if "name" in request.path_params and (unknown := self._unknown(request)) is not None:
             return unknown
-        stats = model_statistics(self.metrics, self.model.version)
-        return JSONResponse({"model_stats": [stats]})
+        return JSONResponse({"model_stats": [self.service.statistics()]})
 
     async def metrics_page(self, request: Request) -> Response:
         body, content_type = self.metrics.render(self.batcher.queued_rows)
@@ -225,16 +103,13 @@ class _Endpoints:
     async def infer_asgi(self, scope, receive, send, name: str, version: str | None) -> None:
         """POST /v2/models/{name}[/versions/{version}]/infer as a plain ASGI handler."""
         start = time.perf_counter()
-        self.active += 1
-        try:
+        with self.service.request():
             status, body, headers, kind = await self._infer(scope, receive, name, version)
             raw_headers = [(b"content-length", str(len(body)).encode())]
             raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
             await send({"type": "http.response.start", "status": status, "headers": raw_headers})
             await send({"type": "http.response.body", "body": body})
-        finally:
-            self.active -= 1
-        self.metrics.on_request(status, time.perf_counter() - start, kind)
+        self.service.finished(status, start, kind)
         if kind is not None:
             client = scope.get("client") or ("?", 0)
             log.info(
@@ -281,11 +156,8 @@ class _Endpoints:
         self, scope, receive, name: str, version: str | None
     ) -> tuple[int, bytes, dict[str, str], str | None]:
         """(status, body, headers, error kind or None); the one place outcomes become codes."""
-        if name != self.model.name or (version or self.model.version) != self.model.version:
-            message = (
-                f"unknown model {name!r} version {version or self.model.version!r}; this server "
-                f"serves {self.model.name!r} version {self.model.version!r}"
-            )
+        message = self.service.unknown(name, version)
+        if message is not None:
             return 404, error_body(message), _JSON, "unknown_model"
         headers = dict(scope["headers"])
         try:
@@ -295,29 +167,21 @@ class _Endpoints:
                 req = self.decoder.decode(
                     body, None if header_length is None else header_length.decode("latin-1")
                 )
-                pending = self.batcher.submit_async(
-                    req.inputs, self.config.request_timeout_s, validated=True
-                )
+                pending = self.service.submit(req)
             outputs = await pending
             payload, out_headers = encode_infer_response(
                 self.model.name, req, outputs, self.model.version
             )
-        except ProtocolError as exc:
-            if exc.status == 408:  # the rest of that body may still come: end the connection
-                return 408, error_body(str(exc)), {**_JSON, "Connection": "close"}, "timeout"
-            kind = "bad_request" if exc.status == 400 else "limit"
-            return exc.status, error_body(str(exc)), _JSON, kind
-        except InputError as exc:
-            return 400, error_body(str(exc)), _JSON, "bad_request"
-        except RequestTooLargeError as exc:
-            return 413, error_body(str(exc)), _JSON, "limit"
-        except QueueFullError as exc:
-            retry = {**_JSON, "Retry-After": str(max(1, round(exc.retry_after_s)))}
-            return 503, error_body(str(exc)), retry, "queue_full"
-        except (BatcherClosedError, DeadlineExceededError) as exc:
-            return 503, error_body(str(exc)), {**_JSON, "Retry-After": "1"}, "unavailable"
-        except SessionError as exc:
-            return 500, error_body(f"inference failed: {exc}"), _JSON, "backend"
+        except Exception as exc:
+            failure = failure_of(exc)
+            if failure is None:
+                raise
+            out = dict(_JSON)
+            if failure.retry_after_s is not None:
+                out["Retry-After"] = str(round(failure.retry_after_s))
+            if failure.close:
+                out["Connection"] = "close"
+            return failure.status, error_body(failure.message), out, failure.kind
         return 200, payload, out_headers, None
 
 
@@ -379,9 +243,11 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 def create_app(
     model: ServedModel, config: ServerConfig | None = None, metrics: ServerMetrics | None = None
 ) -> _InferFastPath:
-    """The ASGI app for ``model``; its lifespan starts and drains the batcher."""
+    """The ASGI app for ``model``; its lifespan starts and drains the batcher, and runs the
+    KServe v2 gRPC server beside it on the same event loop when ``config.grpc_port`` is set."""
     config = config or ServerConfig()
-    ep = _Endpoints(model, config, metrics or ServerMetrics(model.name))
+    service = ModelService(model, config, metrics or ServerMetrics(model.name))
+    ep = _Endpoints(service)
     routes = [
         Route("/v2", ep.server_metadata),
         Route("/v2/health/live", ep.live),
@@ -403,7 +269,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        ep.batcher.start()
+        service.batcher.start()
+        grpc_server = None
+        if config.grpc_port is not None:
+            from stn_deploy.runtime.serving.grpc_server import start_grpc_server
+
+            grpc_server = await start_grpc_server(service)
+            app.state.grpc_port = grpc_server.port
         log.info(
             "serving",
             extra={
@@ -411,18 +283,24 @@ def create_app(
                 "backend": model.session.backend,
                 "max_batch": config.max_batch,
                 "max_delay_ms": config.max_delay_ms,
+                "grpc_port": app.state.grpc_port,
             },
         )
         try:
             yield
         finally:
-            # uvicorn has finished the in-flight requests; run anything still queued, then stop.
+            # uvicorn has finished the in-flight HTTP requests; gRPC finishes its own, then
+            # the batcher runs anything still queued and stops.
             ep.body_deadlines.stop()
-            await asyncio.to_thread(ep.batcher.close, config.graceful_timeout_s or None)
+            if grpc_server is not None:
+                await grpc_server.stop(config.graceful_timeout_s)
+            await asyncio.to_thread(service.batcher.close, config.graceful_timeout_s or None)
             log.info("stopped", extra={"model": model.name})
 
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.endpoints = ep
+    app.state.service = service
+    app.state.grpc_port = None
     return _InferFastPath(app, ep)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from stn_deploy import load_client
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
 from stn_deploy.runtime.ort import OrtSession
-from stn_deploy.runtime.uvicorn_runner import ServerThread
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.uvicorn_runner import ServerThread
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "load_bench.py"
+_PATH = Path(__file__).resolve().parents[3] / "bench" / "load_bench.py"
 
 
 def _load_bench():
@@ -42,6 +43,60 @@ def test_client_checks_each_response_against_its_request(toy_onnx):
     assert good.throughput > 0 and good.p50_ms <= good.p99_ms
     assert (bad.requests, bad.errors, bad.mismatches) == (10, 0, 10)
     assert np.asarray(expected).shape == (16, 2, 10)
+
+
+def test_client_checks_json_and_grpc_answers_too(toy_onnx):
+    from stn_deploy import load_client_grpc
+
+    json_requests, expected = load_client.build_requests(
+        toy_onnx, "toy-stn", "127.0.0.1", 12, protocol="json"
+    )
+    assert b'"data":[' in json_requests[0] and b"binary_data_size" not in json_requests[0]
+    grpc_requests, grpc_expected = load_client_grpc.build_grpc_requests(toy_onnx, "toy-stn", 12)
+    np.testing.assert_array_equal(np.asarray(grpc_expected), np.asarray(expected))  # same seed
+    wrong = [e + 1.0 for e in expected]
+    config = ServerConfig(port=0, grpc_port=0, max_batch=8)
+    with (
+        OrtSession(toy_onnx, threads=1) as sess,
+        ServerThread(ServedModel("toy-stn", sess), config) as srv,
+    ):
+        host, port = srv.url.split(":")
+        grpc_port = int(srv.grpc_url.rsplit(":", 1)[1])
+        results = [
+            load_client.run(load_client.run_level(host, int(port), json_requests, answers, 4,
+                                                  24, 10.0))  # fmt: skip
+            for answers in (expected, wrong)
+        ] + [
+            load_client.run(load_client_grpc.run_grpc_level(host, grpc_port, grpc_requests,
+                                                            answers, 4, 24, 10.0, channels=2))
+            for answers in (expected, wrong)
+        ]  # fmt: skip
+    assert [(r.requests, r.errors, r.mismatches) for r in results] == [
+        (24, 0, 0), (24, 0, 24), (24, 0, 0), (24, 0, 24)
+    ]  # fmt: skip
+
+
+def test_answer_checks_read_every_form_the_servers_send():
+    from tritonclient.grpc import service_pb2
+
+    from stn_deploy.load_client_grpc import check_grpc_answer
+
+    logits = np.arange(20, dtype=np.float32).reshape(2, 10) / 7
+    as_json = json.dumps({"outputs": [{"name": "theta", "shape": [2, 6], "data": [0] * 12},
+                                      {"name": "logits", "shape": [2, 10],
+                                       "data": logits.ravel().tolist()}]}).encode()  # fmt: skip
+    assert load_client.check_answer(as_json, None, logits)
+    assert not load_client.check_answer(as_json, None, logits[:1])  # shape differs
+    assert not load_client.check_answer(b"not json", None, logits)
+    out = service_pb2.ModelInferResponse.InferOutputTensor(name="logits", datatype="FP32",
+                                                           shape=[2, 10])  # fmt: skip
+    raw = service_pb2.ModelInferResponse(outputs=[out], raw_output_contents=[logits.tobytes()])
+    assert check_grpc_answer(raw.SerializeToString(), logits)  # Triton, stn-deploy
+    typed = service_pb2.ModelInferResponse(outputs=[out])
+    typed.outputs[0].contents.fp32_contents.extend(logits.ravel().tolist())
+    assert check_grpc_answer(typed.SerializeToString(), logits)  # MLServer
+    assert not check_grpc_answer(typed.SerializeToString(), logits + 1)
+    assert not check_grpc_answer(b"\xff\xff", logits)
 
 
 def test_serve_bench_command_against_a_running_server(toy_onnx, tmp_path, capsys):

@@ -9,7 +9,8 @@ server. A worker that dies is restarted; one that dies while starting stops the 
 exit code. SIGTERM/SIGINT stop every worker gracefully (each finishes its in-flight and queued
 requests) and then return.
 
-Batches form per worker: with N workers, each sees about 1/N of the traffic.
+Batches form per worker: with N workers, each sees about 1/N of the traffic. With a gRPC port,
+every worker serves gRPC too, on that one port (SO_REUSEPORT, as for HTTP).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from stn_deploy.runtime.http_server import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.config import ServedModel, ServerConfig
+from stn_deploy.runtime.serving.uvicorn_runner import run_server
 from stn_deploy.runtime.session import SessionError
-from stn_deploy.runtime.uvicorn_runner import run_server
 
 __all__ = ["serve_workers", "MULTIPROC_ENV"]
 
@@ -88,6 +89,21 @@ def _listen(config: ServerConfig):
     return sock, sock, config
 
 
+def _reserve_grpc_port(config: ServerConfig):
+    """(socket holding the gRPC port, config with its real port): every worker's gRPC server
+    listens on that port with SO_REUSEPORT, which gRPC sets on Linux, and the kernel spreads
+    connections over them as for HTTP. Without SO_REUSEPORT there is no way to share it."""
+    if config.grpc_port is None:
+        return None, config
+    if not (sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")):
+        raise SessionError(
+            "--grpc-port with --workers needs SO_REUSEPORT (Linux) so that every worker can "
+            "listen on the one gRPC port; use --workers 1 here"
+        )
+    sock = _bind(config.host, config.grpc_port, reuse_port=True)
+    return sock, dataclasses.replace(config, grpc_port=sock.getsockname()[1])
+
+
 def serve_workers(
     open_model: Callable[[], ServedModel],
     config: ServerConfig,
@@ -116,6 +132,7 @@ def serve_workers(
             metrics_dir,
         )
     sock, shared, config = _listen(config)
+    grpc_sock, config = _reserve_grpc_port(config)
     supervisor = _Supervisor((open_model, config, shared, setup), start_grace_s)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -128,6 +145,8 @@ def serve_workers(
             signal.signal(s, handler)
         supervisor.stop_all((config.graceful_timeout_s or 30.0) + 5.0)
         sock.close()
+        if grpc_sock is not None:
+            grpc_sock.close()
         if own_dir:
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -61,6 +61,20 @@ def _infer_checked(port: int, session: OrtSession, rng, n: int) -> None:
         np.testing.assert_allclose(got, session.infer({"input": x})["logits"], rtol=1e-5, atol=1e-6)
 
 
+def _grpc_infer_checked(port: int, session: OrtSession, rng, n: int) -> None:
+    """n requests over gRPC, each on its own channel (its own connection)."""
+    import tritonclient.grpc as grpcclient
+
+    for _ in range(n):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        got = client.infer("toy-stn", [inp]).as_numpy("logits")
+        client.close()
+        np.testing.assert_allclose(got, session.infer({"input": x})["logits"], rtol=1e-5, atol=1e-6)
+
+
 def _sigterm(proc: subprocess.Popen) -> bytes:
     """Stop the server as an orchestrator would; it must exit 0. Returns its stderr."""
     proc.send_signal(signal.SIGTERM)
@@ -80,10 +94,11 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
     toy_onnx, tmp_path, rng, free_port
 ):
     port = free_port
+    grpc_port = port + 1 if port < 65535 else port - 1
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "stn_deploy.cli", "serve", str(toy_onnx), "--port", str(port),
-         "--backend", "ort", "--workers", "2", "--threads", "1"],
+         "--grpc-port", str(grpc_port), "--backend", "ort", "--workers", "2", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     try:
@@ -91,8 +106,9 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
         workers = _workers(proc.pid)
         assert len(workers) == 2
         with OrtSession(toy_onnx, threads=1) as session:
-            _infer_checked(port, session, rng, 24)
-        # Every scrape, whichever worker answers it, counts all 24 requests
+            _infer_checked(port, session, rng, 16)
+            _grpc_infer_checked(grpc_port, session, rng, 8)  # every worker serves gRPC too
+        # Every scrape, whichever worker answers it, counts all 24 requests of both protocols
         assert [_requests_total(port) for _ in range(4)] == [24.0] * 4
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         assert b'stn_queue_samples{model="toy-stn"} 0.0' in page  # live workers' queues, summed
@@ -115,8 +131,8 @@ def test_workers_share_the_port_sum_their_metrics_and_stop_on_sigterm(
 _SUPERVISOR = textwrap.dedent(
     """
     import functools, sys
-    from stn_deploy.runtime.http_server import ServerConfig
-    from stn_deploy.runtime.workers import serve_workers
+    from stn_deploy.runtime.serving.config import ServerConfig
+    from stn_deploy.runtime.serving.workers import serve_workers
     from stn_deploy.model_source import open_served
 
     opener = functools.partial(open_served, sys.argv[1], "ort", 1, None)

@@ -328,6 +328,7 @@ class _Config:
 
     REAL = "IBuilderConfig"
     TEST_ONLY = ("rec", "cache", "refuse_profile", "no_cache")
+    RTX_ONLY = ("num_compute_capabilities", "set_compute_capability")
     plugins_to_serialize: list[str] = []
     progress_monitor = None
     num_compute_capabilities = 0
@@ -347,8 +348,8 @@ class _Config:
     def clear_flag(self, flag):
         self.rec.calls.append(("clear_flag", flag.name))
 
-    def set_memory_pool_limit(self, pool_type, pool_size):
-        self.rec.calls.append(("pool", pool_type.name, pool_size))
+    def set_memory_pool_limit(self, pool, pool_size):
+        self.rec.calls.append(("pool", pool.name, pool_size))
 
     def add_optimization_profile(self, profile):
         self.rec.calls.append(("profile", *profile.shapes))

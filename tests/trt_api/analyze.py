@@ -347,7 +347,10 @@ class Analyzer:
             member = self._member(callee[1], callee[2]) or {}
             return self._returns(member.get("signatures", []))
         if callee[0] == "func":
-            return self._returns(self.api[callee[1]].get("signatures", []))
+            entry = self.api[callee[1]]
+            if entry.get("returns") in self.api:  # what calling it returned (introspect.py)
+                return ("inst", entry["returns"])
+            return self._returns(entry.get("signatures", []))
         return None
 
     def _record_args(self, owner, fn: ast.Attribute, node: ast.Call, func) -> None:

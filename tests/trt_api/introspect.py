@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 import sys
 
@@ -68,6 +69,17 @@ def describe_class(cls) -> dict:
             "bases": [b.__name__ for b in cls.__mro__[1:] if b.__name__ != "object"]}
 
 
+def _returned_type(name: str, fn, sigs: list[str]) -> str | None:
+    """The class a no-argument getter returns when its signature cannot say (pybind's
+    ``get_plugin_registry() -> detail::accessor<...>``). Only called over real libraries:
+    a stand-in's NULL must not be dereferenced."""
+    if os.environ.get("STN_INTROSPECT_CALL") != "1" or not sigs or "detail::" not in sigs[0]:
+        return None
+    if not re.match(rf"^{re.escape(name)}\(\)", sigs[0]):
+        return None
+    return type(fn()).__name__
+
+
 def describe(module) -> dict:
     api = {}
     for name in dir(module):
@@ -78,6 +90,9 @@ def describe(module) -> dict:
             api[name] = describe_class(obj)
         elif callable(obj):
             api[name] = {**_callable(name, obj), "kind": "function"}
+            returned = _returned_type(name, obj, api[name]["signatures"])
+            if returned:
+                api[name]["returns"] = returned
         elif isinstance(obj, (int, float, str)):
             api[name] = {"kind": "value", "type": type(obj).__name__}
         elif inspect.ismodule(obj):

@@ -82,9 +82,9 @@ def standin(cache: Path, major: str, sonames: list[str], version: int) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     for soname in sonames:
-        subprocess.run(["gcc", "-shared", "-fPIC", f"-DSTANDIN_VERSION={version}",
-                        f"-Wl,-soname,{soname}", str(HERE / "standin.c"), "-o",
-                        str(folder / soname)], check=True, capture_output=True, text=True)  # fmt: skip
+        cmd = ["gcc", "-shared", "-fPIC", f"-DSTANDIN_VERSION={version}", f"-Wl,-soname,{soname}",
+               str(HERE / "standin.c"), "-o", str(folder / soname)]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
     return folder
 
 

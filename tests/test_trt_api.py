@@ -157,10 +157,10 @@ def test_a_version_marker_limits_a_line_to_its_versions(real):
 # -- the test doubles -------------------------------------------------------------------------
 def _fake_classes() -> list[type]:
     from .export import test_engine
-    from .runtime import test_trt_session
+    from .runtime import test_trt_session, test_trt_session_gpu
 
     classes = [fakes.Dims, fakes.HostMemory]
-    for module in (test_engine, test_trt_session):
+    for module in (test_engine, test_trt_session, test_trt_session_gpu):
         classes += [c for c in vars(module).values() if inspect.isclass(c) and hasattr(c, "REAL")]
     return classes
 

@@ -50,8 +50,11 @@ CASES: list[Case] = checkpoint_cases()
 PRECISIONS = ("fp32", "fp16")
 
 # Builds that crash TensorRT-RTX 1.7.1's builder itself (SIGSEGV inside libtensorrt_rtx.so.1,
-# with or without our progress monitor, any profile, SM 8.6 or 12.0, optimisation level 0-5).
-# Cutting the ONNX graph shows the trigger: the Concat of the two GridSample outputs.
+# with or without our progress monitor; profiles 1/32/256, 1/1/1 and 4/4/4; SM 8.6 and 12.0;
+# builder optimisation levels 0 and 5).
+# Cutting and editing the ONNX graph shows the trigger: a Concat of GridSample outputs whose grid
+# the graph computes (one output concatenated with itself crashes too; an Add in the Concat's
+# place builds; a constant grid builds).
 KNOWN_BUILDER_CRASHES = {
     "st2-cnn-affine-R": "TensorRT-RTX 1.7.1 segfaults building the Concat of two GridSample "
     "outputs (two parallel transformers); the parse is fine",

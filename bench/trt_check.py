@@ -46,11 +46,13 @@ def _run(cmd: list[str]) -> str:
 
 def environment() -> dict:
     import onnxruntime as ort
-    import tensorrt as trt
     import torch
 
     from stn_deploy import __version__
     from stn_deploy.runtime.cuda_util import load_cuda
+    from stn_deploy.runtime.trt_module import flavour_of, import_tensorrt
+
+    trt = import_tensorrt()
 
     cuda = load_cuda(0)
     info = cuda.info()
@@ -64,6 +66,7 @@ def environment() -> dict:
         "cuda_driver": info.driver,
         "cuda_binding": cuda.binding,
         "tensorrt": trt.__version__,
+        "tensorrt_module": flavour_of(trt).module,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "onnxruntime": ort.__version__,

@@ -6,14 +6,16 @@ registry when the graph needs it, parses with TensorRT's ONNX parser (errors lis
 node), builds with one optimisation profile over the batch, and writes the engine and its
 JSON sidecar atomically.
 
-TensorRT 10 vs 11 (see ../shared/DESIGN.md): 10.x builds fp16 from an fp32 graph with the FP16
-builder flag, and an fp16 graph as a strongly typed network; 11.x has only strongly typed
-networks, so an fp16 engine needs the fp16 ONNX (``stn-deploy export ... --precision fp16``).
-fp32 engines are built with TF32 off, or convolutions would miss the 1e-4 parity target.
+TensorRT 10 vs 11 vs TensorRT-RTX (see ../shared/DESIGN.md): 10.x builds fp16 from an fp32
+graph with the FP16 builder flag, and an fp16 graph as a strongly typed network; 11.x and
+TensorRT-RTX 1.x have only strongly typed networks, so an fp16 engine needs the fp16 ONNX
+(``stn-deploy export ... --precision fp16``). fp32 engines are built with TF32 off, or
+convolutions would miss the 1e-4 parity target. TensorRT-RTX can also build ahead of time
+without a GPU (``compute_capability="8.6"``); the sidecar then records the targets instead of a
+probed GPU. A graph with a static batch gets the profile min = opt = max = that batch.
 
-The TensorRT calls are written against the documented Python API and are not run on this
-repository's CI machines (no GPU); the pure parts (profile defaults, precision planning, ONNX
-inspection, parser-error formatting) are unit-tested on the CPU.
+The TensorRT calls (export/engine_trt.py) run in CI with the real TensorRT-RTX builder on a CPU
+(tests/export/test_engine_rtx.py); TensorRT 10/11 builds need a GPU (`make trt-check`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ __all__ = [
     "PrecisionPlan",
     "BuildResult",
     "resolve_batch_profile",
+    "profile_for",
     "inspect_onnx",
     "plan_precision",
     "format_parser_errors",
@@ -84,6 +87,7 @@ class OnnxInfo:
     precision: str  # "fp32" | "fp16"
     flavour: str  # "standard" (TensorRT's built-in GridSample) | "plugin" (our plugin nodes)
     plugin_ops: tuple[str, ...] = ()
+    static_batch: int | None = None  # the batch of a graph whose batch dimension is fixed
 
 
 _FLOAT16 = 10  # onnx.TensorProto.FLOAT16
@@ -144,6 +148,7 @@ def info_from_model(model, where: str = "the model") -> OnnxInfo:
         precision=precision,
         flavour="plugin" if (plugin_ops or uses_domain) else "standard",
         plugin_ops=tuple(plugin_ops),
+        static_batch=None if dims[0] is None else int(dims[0]),
     )
 
 
@@ -154,12 +159,48 @@ class PrecisionPlan:
     fp16_flag: bool
 
 
-def plan_precision(requested: str | None, onnx_precision: str, trt_major: int,
-                   onnx_path: str = "MODEL.onnx") -> PrecisionPlan:  # fmt: skip
-    """Decide network typing and builder flags, or refuse with the command that fixes it."""
+def profile_for(
+    info: OnnxInfo,
+    min_batch: int | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    onnx_path: str = "MODEL.onnx",
+) -> BatchProfile:
+    """The batch profile: the defaults for a dynamic batch, min = opt = max for a static one."""
+    if info.static_batch is None:
+        return resolve_batch_profile(min_batch, opt_batch, max_batch)
+    n = info.static_batch
+    asked = {k: v for k, v in (("--min-batch", min_batch), ("--opt-batch", opt_batch),
+                               ("--max-batch", max_batch)) if v is not None and v != n}  # fmt: skip
+    if asked:
+        given = ", ".join(f"{k} {v}" for k, v in asked.items())
+        raise EngineBuildError(
+            f"{onnx_path} has a static batch of {n} (input {info.input_name!r} is "
+            f"[{n}, {', '.join(map(str, info.input_shape))}]), so its engine runs batch {n} only "
+            f"and cannot take {given}. Drop those options, or re-export with a dynamic batch: "
+            "stn-deploy export CKPT_DIR --out model.onnx"
+        )
+    return BatchProfile(n, n, n)
+
+
+def plan_precision(
+    requested: str | None,
+    onnx_precision: str,
+    trt_major: int,
+    onnx_path: str = "MODEL.onnx",
+    *,
+    rtx: bool = False,
+) -> PrecisionPlan:
+    """Decide network typing and builder flags, or refuse with the command that fixes it.
+
+    ``rtx``: TensorRT-RTX (version 1.x), which, like TensorRT 11, has only strongly typed
+    networks.
+    """
     if requested not in (None, "fp32", "fp16"):
         raise EngineBuildError(f"precision must be fp32 or fp16, got {requested!r}")
-    if trt_major < 10:
+    strongly_only = rtx or trt_major >= 11
+    name = "TensorRT-RTX" if rtx else f"TensorRT {trt_major}"
+    if not rtx and trt_major < 10:
         raise EngineBuildError(
             f"TensorRT {trt_major}.x is too old: stn-deploy needs TensorRT >= 10.0 "
             "(IPluginV3, tensor-name I/O); pip install --upgrade tensorrt"
@@ -173,15 +214,15 @@ def plan_precision(requested: str | None, onnx_precision: str, trt_major: int,
             )
         return PrecisionPlan("fp16", strongly_typed=True, fp16_flag=False)
     if want == "fp16":
-        if trt_major >= 11:
+        if strongly_only:
             raise EngineBuildError(
-                f"TensorRT {trt_major} builds only strongly typed networks (no FP16 builder "
+                f"{name} builds only strongly typed networks (no FP16 builder "
                 f"flag), and {onnx_path} is fp32. Export the fp16 graph and build that: "
                 "stn-deploy export CKPT_DIR --out model-fp16.onnx --precision fp16 && "
                 "stn-deploy build model-fp16.onnx --out model-fp16.engine"
             )
         return PrecisionPlan("fp16", strongly_typed=False, fp16_flag=True)
-    return PrecisionPlan("fp32", strongly_typed=trt_major >= 11, fp16_flag=False)
+    return PrecisionPlan("fp32", strongly_typed=strongly_only, fp16_flag=False)
 
 
 def format_parser_errors(errors: Sequence, where: str) -> str:
@@ -220,48 +261,24 @@ class BuildResult:
     def summary(self) -> str:
         m = self.meta
         size = self.engine_path.stat().st_size / 2**20 if self.engine_path.exists() else 0.0
+        name = engine_meta.TENSORRT_NAMES[m.tensorrt_module]
+        where = (f"ahead of time for compute capability {m.compute_capability} (no GPU probed)"
+                 if m.ahead_of_time else f"on {m.gpu_name} (sm {m.compute_capability})")
         return (
             f"built {self.engine_path} ({size:.1f} MiB) in {self.seconds:.1f} s: {m.flavour} "
-            f"{m.precision}, batch {m.batch.min}/{m.batch.opt}/{m.batch.max}, TensorRT "
-            f"{m.tensorrt_version} on {m.gpu_name} (sm {m.compute_capability})"
-        )
+            f"{m.precision}, batch {m.batch.min}/{m.batch.opt}/{m.batch.max}, {name} "
+            f"{m.tensorrt_version} {where}"
+        )  # fmt: skip
 
 
-def _import_trt():
+def _import_trt(module: str | None = None):
     from stn_deploy.runtime.session import BackendUnavailableError
-    from stn_deploy.runtime.trt import import_tensorrt
+    from stn_deploy.runtime.trt_module import import_tensorrt
 
     try:
-        return import_tensorrt()
+        return import_tensorrt(module)
     except BackendUnavailableError as exc:
         raise EngineBuildError(str(exc)) from exc
-
-
-def _progress_monitor(trt, report: Callable[[str], None]):
-    """A trt.IProgressMonitor that reports top-level phases (None if this TensorRT lacks it)."""
-    base = getattr(trt, "IProgressMonitor", None)
-    if base is None:
-        return None
-
-    class Monitor(base):
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.started: dict[str, float] = {}
-
-        def phase_start(self, phase_name, parent_phase, num_steps):
-            self.started[phase_name] = time.perf_counter()
-            if parent_phase is None:
-                report(f"  {phase_name} ({num_steps} steps)")
-
-        def step_complete(self, phase_name, step):
-            return True  # returning False would cancel the build
-
-        def phase_finish(self, phase_name):
-            started = self.started.pop(phase_name, None)
-            if started is not None and not self.started:
-                report(f"  {phase_name} done in {time.perf_counter() - started:.1f} s")
-
-    return Monitor()
 
 
 def find_plugin(info: OnnxInfo, plugin_lib, onnx_path: Path) -> Path | None:
@@ -281,49 +298,47 @@ def find_plugin(info: OnnxInfo, plugin_lib, onnx_path: Path) -> Path | None:
 
 def _load_plugin(trt, path: Path | None) -> None:
     from stn_deploy.runtime.engine_meta import PluginLibraryError
-    from stn_deploy.runtime.trt import load_plugin_library
+    from stn_deploy.runtime.trt_module import load_plugin_library, rtx_parser_problem
 
-    if path is not None:
-        try:
-            load_plugin_library(trt, path)  # once per process, shared with sessions
-        except PluginLibraryError as exc:
-            raise EngineBuildError(str(exc)) from exc
-
-
-def _parse(trt, builder, logger, plan: PrecisionPlan, onnx_path: Path):
-    flags = 0
-    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if plan.strongly_typed and strongly is not None:
-        flags |= 1 << int(strongly)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    ok = parser.parse_from_file(str(onnx_path))  # from a file: external weights resolve
-    errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    if not ok or errors:
-        raise EngineBuildError(format_parser_errors(errors, str(onnx_path)))
-    return network, parser
+    if path is None:
+        return
+    problem = rtx_parser_problem(trt)  # checked before the parser can abort the process
+    if problem:
+        raise EngineBuildError(problem)
+    try:
+        load_plugin_library(trt, path)  # once per process, shared with sessions
+    except PluginLibraryError as exc:
+        raise EngineBuildError(str(exc)) from exc
 
 
-def _configure(trt, builder, config, info: OnnxInfo, plan, profile: BatchProfile, opts) -> None:
-    if plan.fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if plan.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if opts.get("workspace_mib"):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts["workspace_mib"]) << 20)
-    shapes = builder.create_optimization_profile()
-    shapes.set_shape(info.input_name, *profile.shapes(info.input_shape))
-    config.add_optimization_profile(shapes)
-    if opts.get("version_compatible"):
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    cache_path = opts.get("timing_cache")
-    if cache_path:
-        blob = Path(cache_path).read_bytes() if Path(cache_path).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            log.warning("timing cache %s is from another GPU/TensorRT; starting a fresh one",
-                        cache_path)  # fmt: skip
-            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+def _target(trt, flavour, targets: tuple[str, ...], device: int):
+    """(gpu name or None, compute capability text) of what the engine is built for."""
+    from stn_deploy.export.engine_trt import compute_capability_members
+    from stn_deploy.runtime.cuda_util import load_cuda
+    from stn_deploy.runtime.session import BackendUnavailableError
+
+    if targets:
+        if not compute_capability_members(trt):
+            raise EngineBuildError(
+                f"--compute-capability needs TensorRT-RTX (pip install 'stn-deploy[trt-rtx]', "
+                f"then --tensorrt tensorrt-rtx); {flavour.label} builds only for the GPU it runs "
+                "on"
+            )
+        return None, ",".join(targets)
+    try:
+        cuda = load_cuda(device)
+    except BackendUnavailableError as exc:
+        if flavour.rtx:
+            known = ", ".join(compute_capability_members(trt))
+            raise EngineBuildError(
+                f"{exc}. {flavour.label} can build without a GPU, ahead of time: add "
+                f"--compute-capability with the target GPU's (one of {known}), e.g. "
+                "--compute-capability 8.6"
+            ) from exc
+        raise
+    cuda.set_device()  # the builder tunes for the current device
+    gpu = cuda.info()
+    return gpu.name, gpu.compute_capability
 
 
 def build_engine(
@@ -339,38 +354,51 @@ def build_engine(
     version_compatible: bool = False,
     workspace_mib: int | None = None,
     device: int = 0,
+    tensorrt: str | None = None,
+    compute_capability: str | Sequence[str] | None = None,
     report: Callable[[str], None] = print,
 ) -> BuildResult:
-    """Build ``onnx_path`` into ``out_path`` (+ ``out_path.json``); see the module docstring."""
+    """Build ``onnx_path`` into ``out_path`` (+ ``out_path.json``); see the module docstring.
+
+    ``tensorrt``: "tensorrt" or "tensorrt_rtx" (default: the one installed; TensorRT-RTX when
+    ``compute_capability`` is given). ``compute_capability``: TensorRT-RTX only, "8.6" or
+    "8.6,8.9": build ahead of time for those GPUs without probing one.
+    """
     from stn_deploy import __version__
-    from stn_deploy.runtime.cuda_util import load_cuda
+    from stn_deploy.export import engine_trt
+    from stn_deploy.runtime.trt_module import flavour_of
 
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     info = inspect_onnx(onnx_path)
-    profile = resolve_batch_profile(min_batch, opt_batch, max_batch)
+    profile = profile_for(info, min_batch, opt_batch, max_batch, str(onnx_path))
+    targets = engine_trt.parse_compute_capabilities(compute_capability)
     plugin = find_plugin(info, plugin_lib, onnx_path)
-    trt = _import_trt()
-    major = engine_meta.version_tuple(trt.__version__)[0]
-    plan = plan_precision(precision, info.precision, major, str(onnx_path))
-    cuda = load_cuda(device)
-    cuda.set_device()  # the builder tunes for the current device
-    gpu = cuda.info()
-    report(f"building {onnx_path} ({info.flavour}, {plan.precision}) with TensorRT "
-           f"{trt.__version__} on {gpu.name}")  # fmt: skip
+    trt = _import_trt(tensorrt or ("tensorrt_rtx" if targets else None))
+    flavour = flavour_of(trt)
+    plan = plan_precision(precision, info.precision, flavour.major, str(onnx_path),
+                          rtx=flavour.rtx)  # fmt: skip
+    gpu_name, capability = _target(trt, flavour, targets, device)
+    where = f"for compute capability {capability} (ahead of time)" if targets else f"on {gpu_name}"
+    report(f"building {onnx_path} ({info.flavour}, {plan.precision}) with {flavour.label} "
+           f"{where}")  # fmt: skip
 
     logger = trt.Logger(trt.Logger.WARNING)
     _load_plugin(trt, plugin)
     builder = trt.Builder(logger)
     # The parser owns the weights the network points at: keep it alive until the build ends.
-    network, _parser = _parse(trt, builder, logger, plan, onnx_path)
+    network, _parser = engine_trt.parse_network(trt, builder, logger, plan.strongly_typed,
+                                                onnx_path)  # fmt: skip
     config = builder.create_builder_config()
     opts = {"workspace_mib": workspace_mib, "version_compatible": version_compatible,
             "timing_cache": timing_cache}  # fmt: skip
-    _configure(trt, builder, config, info, plan, profile, opts)
+    done = engine_trt.configure(trt, builder, config, input_name=info.input_name,
+                                shapes=profile.shapes(info.input_shape), plan=plan,
+                                targets=targets, label=flavour.label, rtx=flavour.rtx,
+                                opts=opts)  # fmt: skip
     embedded = bool(version_compatible and plugin)
     if embedded:
         config.plugins_to_serialize = [str(plugin)]  # the library travels inside the engine
-    monitor = _progress_monitor(trt, report)
+    monitor = engine_trt.progress_monitor(trt, report)
     if monitor is not None:
         config.progress_monitor = monitor
 
@@ -379,17 +407,19 @@ def build_engine(
     seconds = time.perf_counter() - started
     if serialized is None:
         raise EngineBuildError(
-            f"TensorRT could not build {onnx_path} (see its log above); try a larger "
+            f"{flavour.label} could not build {onnx_path} (see its log above); try a larger "
             "--workspace, or check the graph with: stn-deploy check " + str(onnx_path)
         )
     data = bytes(serialized)
+    if not data:
+        raise EngineBuildError(f"{flavour.label} returned an empty engine for {onnx_path}")
     engine_meta.atomic_write(out_path, data)
-    if timing_cache:
-        engine_meta.atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    if done["timing_cache"]:
+        engine_trt.save_timing_cache(config, Path(timing_cache))
     meta = EngineMeta(
         tensorrt_version=trt.__version__,
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
+        gpu_name=gpu_name,
+        compute_capability=capability,
         onnx_path=str(onnx_path),
         onnx_sha256=engine_meta.sha256_file(onnx_path),
         precision=plan.precision,
@@ -407,6 +437,9 @@ def build_engine(
         build_seconds=round(seconds, 3),
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         stn_deploy_version=__version__,
+        profiles=(done["profile"],),
+        tensorrt_module=flavour.module,
+        ahead_of_time=bool(targets),
     )
     sidecar = engine_meta.write_meta(out_path, meta)
     result = BuildResult(out_path, sidecar, meta, seconds)

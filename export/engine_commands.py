@@ -24,7 +24,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=(
             "Build a TensorRT engine from an ONNX file exported by `stn-deploy export`. "
             "Plugin-flavour graphs need the stn plugin library (--plugin-lib, $STN_PLUGIN_LIB, "
-            "or plugins/build after `stn-deploy plugins build`). Needs tensorrt and a GPU."
+            "or plugins/build after `stn-deploy plugins build`). Needs TensorRT and a GPU, or "
+            "TensorRT-RTX, which also builds without a GPU for --compute-capability."
         ),
     )
     parser.add_argument("onnx", help="the ONNX file (standard or plugin flavour)")
@@ -46,6 +47,18 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--workspace", type=_positive, metavar="MiB", help="builder workspace")
     parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    parser.add_argument(
+        "--tensorrt",
+        choices=("tensorrt", "tensorrt-rtx"),
+        help="which TensorRT to build with (default: the installed one, tensorrt first; "
+        "tensorrt-rtx with --compute-capability)",
+    )
+    parser.add_argument(
+        "--compute-capability",
+        metavar="CC",
+        help="TensorRT-RTX only: build ahead of time, without a GPU, for these GPUs, e.g. 8.6 "
+        "or 8.6,8.9 (7.5, 8.0, 8.6, 8.9, 12.0, 12.1)",
+    )
     parser.set_defaults(func=run_build)
     return parser
 
@@ -62,6 +75,8 @@ def build_options(args: argparse.Namespace) -> dict:
         "version_compatible": args.version_compatible,
         "workspace_mib": args.workspace,
         "device": args.device,
+        "tensorrt": args.tensorrt.replace("-", "_") if args.tensorrt else None,
+        "compute_capability": args.compute_capability,
     }
 
 

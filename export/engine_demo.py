@@ -22,7 +22,7 @@ __all__ = ["trt_available", "demo_trt_step"]
 def trt_available(device: int = 0) -> tuple[bool, str]:
     """(True, "TensorRT x on GPU") when engines can be built and run here, else (False, why)."""
     from stn_deploy.runtime.session import BackendUnavailableError
-    from stn_deploy.runtime.trt import import_tensorrt
+    from stn_deploy.runtime.trt_module import flavour_of, import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -30,11 +30,12 @@ def trt_available(device: int = 0) -> tuple[bool, str]:
         return False, str(exc)
     from stn_deploy.runtime.cuda_util import load_cuda
 
+    label = flavour_of(trt).label
     try:
         gpu = load_cuda(device).info()
     except BackendUnavailableError as exc:
-        return False, f"TensorRT {trt.__version__} is installed but {exc}"
-    return True, f"TensorRT {trt.__version__} on {gpu.name} (sm {gpu.compute_capability})"
+        return False, f"{label} is installed but {exc}"
+    return True, f"{label} on {gpu.name} (sm {gpu.compute_capability})"
 
 
 def demo_trt_step(

@@ -7,10 +7,13 @@ TensorRT and GPU and raises :class:`EngineMismatchError` carrying the exact rebu
 
 Policy (documented in the README's TensorRT section):
 
-* TensorRT version: major.minor.patch must equal the build's (engines are not portable across
-  versions). A ``--version-compatible`` engine also runs on a newer TensorRT of the same major.
+* TensorRT module and version: the module (``tensorrt`` or ``tensorrt_rtx``) and its
+  major.minor.patch must equal the build's (engines are not portable across versions). A
+  ``--version-compatible`` engine also runs on a newer TensorRT of the same major.
 * GPU: compute capability and GPU name must both match (TensorRT refuses another architecture
-  and warns that another model of the same architecture may be slow or wrong).
+  and warns that another model of the same architecture may be slow or wrong). An engine built
+  ahead of time (TensorRT-RTX ``--compute-capability``, no GPU probed) records its target
+  compute capabilities instead of a GPU; any GPU of one of them may run it.
 * Plugin library: its sha256 must match the build's unless the library is embedded in a
   version-compatible engine.
 * The engine file's sha256 must match (the sidecar describes this engine, not an older one).
@@ -71,6 +74,8 @@ PLUGIN_GLOB = "libstn*.so"
 SIDECAR_MODES = ("check", "strict", "off")
 # As the exporter names them: "standard" runs TensorRT's built-in GridSample layer, "plugin" ours.
 FLAVOURS = ("standard", "plugin")
+TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx")
+TENSORRT_NAMES = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT-RTX"}
 
 
 class SidecarError(SessionError):
@@ -120,6 +125,7 @@ class RunningEnv:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    tensorrt_module: str = "tensorrt"
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,8 @@ class EngineMeta:
     """Everything ``stn-deploy build`` knows about an engine; serialised as the sidecar."""
 
     tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
+    gpu_name: str | None  # None: built ahead of time, no GPU probed (see ahead_of_time)
+    compute_capability: str  # "8.9"; ahead of time: the targets, "8.6" or "8.6,8.9"
     onnx_path: str
     onnx_sha256: str
     precision: str
@@ -147,6 +153,8 @@ class EngineMeta:
     built_at: str | None = None
     stn_deploy_version: str | None = None
     profiles: tuple[dict, ...] = field(default=())
+    tensorrt_module: str = "tensorrt"  # or "tensorrt_rtx"
+    ahead_of_time: bool = False  # built for compute_capability without probing a GPU
     schema: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -154,6 +162,9 @@ class EngineMeta:
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
         if self.flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {FLAVOURS}, got {self.flavour!r}")
+        if self.tensorrt_module not in TENSORRT_MODULES:
+            raise ValueError(f"tensorrt_module must be one of {TENSORRT_MODULES}, got "
+                             f"{self.tensorrt_module!r}")  # fmt: skip
         if not self.profiles:
             lo, opt, hi = self.batch.shapes(self.input_shape)
             profile = {"input": self.input_name, "min": list(lo), "opt": list(opt), "max": list(hi)}
@@ -249,6 +260,10 @@ def rebuild_command(meta: EngineMeta, engine_path: str | os.PathLike) -> str:
         "--opt-batch", str(meta.batch.opt),
         "--max-batch", str(meta.batch.max),
     ]  # fmt: skip
+    if meta.tensorrt_module != "tensorrt":
+        words += ["--tensorrt", meta.tensorrt_module.replace("_", "-")]
+    if meta.ahead_of_time:
+        words += ["--compute-capability", meta.compute_capability]
     if meta.plugin_lib:
         words += ["--plugin-lib", q(meta.plugin_lib)]
     if meta.version_compatible:
@@ -261,6 +276,12 @@ def rebuild_command(meta: EngineMeta, engine_path: str | os.PathLike) -> str:
 
 
 def _tensorrt_problem(meta: EngineMeta, running: RunningEnv) -> str | None:
+    if meta.tensorrt_module != running.tensorrt_module:
+        return (
+            f"it was built with {TENSORRT_NAMES[meta.tensorrt_module]} {meta.tensorrt_version}, "
+            f"this process runs {TENSORRT_NAMES.get(running.tensorrt_module, 'TensorRT')} "
+            f"{running.tensorrt_version} (an engine runs only on the TensorRT it was built with)"
+        )
     built, now = version_tuple(meta.tensorrt_version), version_tuple(running.tensorrt_version)
     if built == now:
         return None
@@ -268,13 +289,22 @@ def _tensorrt_problem(meta: EngineMeta, running: RunningEnv) -> str | None:
         return None
     kind = "a version-compatible engine runs only on the same or a newer TensorRT of the same " \
         "major version" if meta.version_compatible else "engines are tied to one TensorRT version"
+    name = TENSORRT_NAMES[meta.tensorrt_module]
     return (
-        f"it was built with TensorRT {meta.tensorrt_version}, this machine runs "
-        f"TensorRT {running.tensorrt_version} ({kind})"
+        f"it was built with {name} {meta.tensorrt_version}, this machine runs "
+        f"{name} {running.tensorrt_version} ({kind})"
     )
 
 
 def _gpu_problem(meta: EngineMeta, running: RunningEnv) -> str | None:
+    if meta.ahead_of_time or meta.gpu_name is None:
+        targets = [c.strip() for c in meta.compute_capability.split(",")]
+        if running.compute_capability in targets:
+            return None
+        return (
+            f"it was built ahead of time for compute capability {meta.compute_capability}, "
+            f"this GPU is {running.gpu_name} (compute capability {running.compute_capability})"
+        )
     if meta.compute_capability != running.compute_capability:
         return (
             f"it was built for {meta.gpu_name} (compute capability {meta.compute_capability}), "
@@ -347,7 +377,8 @@ def describe_engine(engine_path: str | os.PathLike) -> str:
     if meta is None:
         return f"trt {Path(engine_path).name}"
     kind = "built-in GridSample" if meta.flavour == "standard" else "plugin"
-    return f"trt {kind} {meta.precision}"
+    backend = "trt-rtx" if meta.tensorrt_module == "tensorrt_rtx" else "trt"
+    return f"{backend} {kind} {meta.precision}"
 
 
 # -- where the plugin library lives ------------------------------------------------------------

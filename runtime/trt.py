@@ -1,8 +1,11 @@
 """TensorRT backend of the Session interface: a serialized engine run from a pool of contexts.
 
-Written against the documented TensorRT 10/11 Python API (tensor-name I/O: ``num_io_tensors``,
-``get_tensor_name/mode/shape/dtype``, ``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3``); it is not run on this repository's CI machines (no GPU, no TensorRT).
+Written against the TensorRT 10/11 and TensorRT-RTX 1.x Python API (tensor-name I/O:
+``num_io_tensors``, ``get_tensor_name/mode/shape/dtype``, ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``). Every call is checked against the real 10.16, 11.4
+and RTX 1.7 bindings in CI (tests/test_trt_api.py); running an engine needs a GPU (not in CI).
+The module is the one the sidecar names (an engine built with TensorRT-RTX opens with
+``tensorrt_rtx``), else :func:`~stn_deploy.runtime.trt_module.import_tensorrt`'s choice.
 
 How a request runs: the batch is split into chunks of at most the profile's max batch
 (:func:`split_batches`); a free :class:`_Slot` is taken from the pool (one execution context,
@@ -28,7 +31,6 @@ import hashlib
 import logging
 import os
 import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +39,12 @@ from typing import Any
 import numpy as np
 
 from stn_deploy.runtime import engine_meta
-from stn_deploy.runtime.session import (
-    BackendUnavailableError,
-    Session,
-    SessionError,
-    TensorSpec,
+from stn_deploy.runtime.session import Session, SessionError, TensorSpec
+from stn_deploy.runtime.trt_module import (
+    TENSORRT_INSTALL_HINT,
+    flavour_of,
+    import_tensorrt,
+    load_plugin_library,
 )
 
 __all__ = [
@@ -54,52 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TENSORRT_INSTALL_HINT = (
-    "pip install tensorrt (on a machine with an NVIDIA GPU and driver; the wheels come from "
-    "NVIDIA's index), or pip install 'stn-deploy[trt]'"
-)
-
-
-def import_tensorrt():
-    """``import tensorrt`` or BackendUnavailableError with the install command."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:  # also catches the stub wheel that failed to fetch the real one
-        raise BackendUnavailableError(
-            f"TensorRT is not installed here ({exc}). {TENSORRT_INSTALL_HINT}"
-        ) from exc
-    return trt
-
-
-_LOADED_PLUGINS: dict[str, Any] = {}
-_PLUGIN_LOCK = threading.Lock()
-
-
-def load_plugin_library(trt, path: str | os.PathLike) -> Any:
-    """Load a plugin library into TensorRT's registry once per process; return its handle.
-
-    Loading the same library again would register its creators twice, which TensorRT refuses;
-    every session and build in the process shares the first load.
-    """
-    key = str(Path(path).resolve())
-    with _PLUGIN_LOCK:
-        if key not in _LOADED_PLUGINS:
-            try:
-                handle = trt.get_plugin_registry().load_library(key)
-            except RuntimeError as exc:  # some bindings raise instead of returning None
-                handle, cause = None, f": {exc}"
-            else:
-                cause = ""
-            if handle is None:
-                raise engine_meta.PluginLibraryError(
-                    f"TensorRT could not load the plugin library {key!r}{cause} (see the "
-                    "TensorRT log above: built for another CUDA/TensorRT, or missing symbols); "
-                    "rebuild it with `stn-deploy plugins build`"
-                )
-            _LOADED_PLUGINS[key] = handle
-        return _LOADED_PLUGINS[key]
-
-
 def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
     """[(start, stop), ...] chunks of at most ``max_batch`` covering ``range(n)`` in order."""
     if max_batch < 1:
@@ -107,6 +64,19 @@ def split_batches(n: int, max_batch: int) -> list[tuple[int, int]]:
     if n < 0:
         raise ValueError(f"batch size must be >= 0, got {n}")
     return [(start, min(start + max_batch, n)) for start in range(0, n, max_batch)]
+
+
+def _numpy_dtype(trt, trt_dtype, name: str, engine_path: Path) -> np.dtype:
+    """numpy's dtype for a tensor, or SessionError for types numpy cannot hold (BF16, FP8...)."""
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except TypeError as exc:  # trt.nptype raises for BF16, FP8, INT4, FP4, E8M0
+        kind = getattr(trt_dtype, "name", str(trt_dtype))
+        raise SessionError(
+            f"tensor {name!r} of {str(engine_path)!r} has type {kind}, which numpy cannot hold "
+            f"({exc}); stn-deploy serves engines with float32/float16 inputs and outputs: "
+            "export with --precision fp32 or fp16 and rebuild with stn-deploy build"
+        ) from exc
 
 
 @dataclass
@@ -187,20 +157,22 @@ class TrtSession(Session):
 
     # -- open ----------------------------------------------------------------------------------
     def _open(self) -> None:
-        trt = import_tensorrt()
-        from stn_deploy.runtime.cuda_util import load_cuda
-
         if not self.engine_path.is_file():
             raise SessionError(
                 f"engine {str(self.engine_path)!r} does not exist; build one with: "
                 f"stn-deploy build MODEL.onnx --out {self.engine_path}"
             )
+        self.meta = engine_meta.read_meta(self.engine_path) if self.sidecar != "off" else None
+        trt = import_tensorrt(self.meta.tensorrt_module if self.meta else None)
+        from stn_deploy.runtime.cuda_util import load_cuda
+
         self._cuda = load_cuda(self.device, self.cuda_binding)
         self._cuda.set_device()
         info = self._cuda.info()
-        running = engine_meta.RunningEnv(trt.__version__, info.name, info.compute_capability)
+        flavour = flavour_of(trt)
+        running = engine_meta.RunningEnv(trt.__version__, info.name, info.compute_capability,
+                                         flavour.module)  # fmt: skip
         data = self.engine_path.read_bytes()
-        self.meta = engine_meta.read_meta(self.engine_path) if self.sidecar != "off" else None
         plugin = self._plugin_to_load()
         sha = hashlib.sha256(data).hexdigest() if self.meta else None
         for warning in engine_meta.check_meta(
@@ -254,7 +226,7 @@ class TrtSession(Session):
                 else ""
             )
             raise SessionError(
-                f"TensorRT {trt.__version__} could not deserialize {str(self.engine_path)!r}: "
+                f"{flavour_of(trt).label} could not deserialize {str(self.engine_path)!r}: "
                 f"{hint}engines only load on the TensorRT version and GPU they were built for. "
                 f"Rebuild with: stn-deploy build MODEL.onnx --out {self.engine_path}"
             )
@@ -266,7 +238,7 @@ class TrtSession(Session):
         for index in range(engine.num_io_tensors):
             name = engine.get_tensor_name(index)
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            dtype = _numpy_dtype(trt, engine.get_tensor_dtype(name), name, self.engine_path)
             shape = tuple(engine.get_tensor_shape(name))
             if any(d < 0 for d in shape[1:]):
                 raise SessionError(
@@ -287,8 +259,20 @@ class TrtSession(Session):
         self.max_batch = min(shape[0] for shape in input_max.values())
         # Output sizes at the max batch come from a context with the max input shapes set.
         probe = engine.create_execution_context()
+        if probe is None:
+            raise SessionError(
+                f"TensorRT could not create an execution context for {str(self.engine_path)!r} "
+                "(out of GPU memory? see the TensorRT log above); free GPU memory or build "
+                "with a smaller --max-batch"
+            )
         for name, max_shape in input_max.items():
-            probe.set_input_shape(name, max_shape)
+            if not probe.set_input_shape(name, max_shape):
+                raise SessionError(
+                    f"TensorRT refused input {name!r} of {str(self.engine_path)!r} at its "
+                    f"profile's maximum shape {list(max_shape)} (see the TensorRT log above); "
+                    "rebuild the engine with: stn-deploy build MODEL.onnx --out "
+                    f"{self.engine_path}"
+                )
         for tensor in tensors:
             if tensor.is_input:
                 full = input_max[tensor.name]

@@ -54,3 +54,13 @@ def rng():
     import numpy as np
 
     return np.random.default_rng()
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    """Neither TensorRT nor TensorRT-RTX importable, as on a machine with neither installed."""
+    import sys
+
+    for name in ("tensorrt", "tensorrt_rtx"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delenv("STN_DEPLOY_TENSORRT", raising=False)

@@ -5,8 +5,10 @@
  */
 #include "gridSamplePlugin.h"
 
+#include "pluginHost.h"
 #include "pluginNames.h"
 
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -32,6 +34,7 @@ constexpr char const* kPROJECTIVE_FIELDS[]
 
 std::mutex gLoggerMutex;
 ILoggerFinder* gLoggerFinder{nullptr};
+bool gLoggerUsable{false}; //!< the host's logger interfaces have our headers' layout
 
 bool isFused(Source kind) noexcept
 {
@@ -98,10 +101,16 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
     try
     {
         std::lock_guard<std::mutex> lock(gLoggerMutex);
+        std::string const text = std::string("[stn GridSample plugin] ") + message;
+        if (gLoggerFinder != nullptr && !gLoggerUsable)
+        {
+            // Never call into a virtual table of another layout: say it on stderr instead.
+            std::fprintf(stderr, "%s\n", text.c_str());
+            return;
+        }
         ILogger* logger = gLoggerFinder != nullptr ? gLoggerFinder->findLogger() : nullptr;
         if (logger != nullptr)
         {
-            std::string const text = std::string("[stn GridSample plugin] ") + message;
             logger->log(severity, text.c_str());
         }
     }
@@ -113,8 +122,26 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
 
 void setGlobalLoggerFinder(ILoggerFinder* finder) noexcept
 {
-    std::lock_guard<std::mutex> lock(gLoggerMutex);
-    gLoggerFinder = finder;
+    try
+    {
+        bool const usable = hostLoggerMatchesHeaders();
+        std::lock_guard<std::mutex> lock(gLoggerMutex);
+        gLoggerFinder = finder;
+        gLoggerUsable = usable;
+        if (finder != nullptr && !usable)
+        {
+            std::fprintf(stderr,
+                "[stn GridSample plugin] this library was built with TensorRT %d headers, whose logger "
+                "interfaces differ from the TensorRT in this process (%s); its messages go to stderr. "
+                "Rebuild it with the headers of the TensorRT you run (TensorRT-RTX: 11.x headers): "
+                "stn-deploy plugins build --tensorrt-root DIR\n",
+                NV_TENSORRT_MAJOR, kHEADERS_VERSIONED_LOGGER ? "TensorRT 10" : "TensorRT 11 or TensorRT-RTX");
+        }
+    }
+    catch (...)
+    {
+        // A failed lock leaves the previous finder: logging is best effort.
+    }
 }
 
 bool parseFields(Source kind, PluginFieldCollection const* fc, GridSampleParams& params, std::string& error)

@@ -12,6 +12,8 @@
  */
 #include "pluginNames.h"
 
+#include "pluginHost.h"
+
 #include <NvInferRuntime.h>
 
 #include <cstdio>
@@ -89,7 +91,8 @@ void registerAll() noexcept
     GetRegistryFn getRegistry = nullptr;
     GetLoggerFn getLogger = nullptr;
     findTensorRT(getRegistry, getLogger);
-    nvinfer1::ILogger* logger = getLogger != nullptr ? getLogger() : nullptr;
+    // A logger of another layout (10.x headers, TensorRT 11 host or the reverse) is not called.
+    nvinfer1::ILogger* logger = getLogger != nullptr && stn::hostLoggerMatchesHeaders() ? getLogger() : nullptr;
     nvinfer1::IPluginRegistry* registry = getRegistry != nullptr ? getRegistry() : nullptr;
     if (registry == nullptr)
     {

@@ -18,10 +18,18 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators) noexcept
 {
-    static stn::GridSamplePluginCreator sGrid(stn::Source::kGRID);
-    static stn::GridSamplePluginCreator sAffine(stn::Source::kAFFINE);
-    static stn::GridSamplePluginCreator sProjective(stn::Source::kPROJECTIVE);
-    static nvinfer1::IPluginCreatorInterface* const kCREATORS[] = {&sGrid, &sAffine, &sProjective};
-    nbCreators = 3;
-    return kCREATORS;
+    try
+    {
+        static stn::GridSamplePluginCreator sGrid(stn::Source::kGRID);
+        static stn::GridSamplePluginCreator sAffine(stn::Source::kAFFINE);
+        static stn::GridSamplePluginCreator sProjective(stn::Source::kPROJECTIVE);
+        static nvinfer1::IPluginCreatorInterface* const kCREATORS[] = {&sGrid, &sAffine, &sProjective};
+        nbCreators = 3;
+        return kCREATORS;
+    }
+    catch (...) // the creators' field tables allocate: out of memory must not abort the host
+    {
+        nbCreators = 0;
+        return nullptr;
+    }
 }

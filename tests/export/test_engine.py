@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
+import logging
+import re
 import types
 
 import numpy as np
@@ -28,6 +29,8 @@ from stn_deploy.export.engine_demo import demo_trt_step, trt_available
 from stn_deploy.runtime import cuda_util, engine_meta
 from stn_deploy.runtime.cuda_util import DeviceInfo
 from stn_deploy.runtime.engine_meta import BatchProfile
+
+from .. import trt_fakes as fakes
 
 
 def _onnx(path, *, dtype=TensorProto.FLOAT, plugin=False, dims=("N", 1, 28, 28),
@@ -172,13 +175,26 @@ def test_missing_and_corrupt_onnx(tmp_path):
 
 # -- parser errors -----------------------------------------------------------------------------
 class _ParserError:
-    def __init__(self, node, name, op, code, desc):
-        self._v = {"node": node, "node_name": name, "node_operator": op, "code": code, "desc": desc}
+    REAL = "ParserError"
+    TEST_ONLY = ("values",)
 
-    def __getattr__(self, item):
-        if item in ("_v", "__deepcopy__"):
-            raise AttributeError(item)
-        return lambda: self._v[item]
+    def __init__(self, node, name, op, code, desc):
+        self.values = (node, name, op, code, desc)
+
+    def node(self):
+        return self.values[0]
+
+    def node_name(self):
+        return self.values[1]
+
+    def node_operator(self):
+        return self.values[2]
+
+    def code(self):
+        return self.values[3]
+
+    def desc(self):
+        return self.values[4]
 
 
 def test_parser_errors_are_listed_node_by_node():
@@ -201,18 +217,16 @@ def test_parser_error_from_an_older_binding_without_names():
 
 
 # -- without tensorrt --------------------------------------------------------------------------
-def test_build_without_tensorrt_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
+def test_build_without_tensorrt_says_how_to_install(no_tensorrt, monkeypatch, tmp_path):
     with pytest.raises(EngineBuildError, match="pip install tensorrt"):
         build_engine(_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine")
     assert not (tmp_path / "m.engine").exists()
 
 
-def test_plugin_flavour_without_library_fails_before_tensorrt(monkeypatch, tmp_path):
+def test_plugin_flavour_without_library_fails_before_tensorrt(no_tensorrt, monkeypatch, tmp_path):
     places = [tmp_path / "x.so"]
     monkeypatch.setattr(engine_meta, "default_plugin_locations", lambda root=None: places)
     monkeypatch.delenv(engine_meta.PLUGIN_ENV, raising=False)
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(EngineBuildError) as info:
         build_engine(_onnx(tmp_path / "p.onnx", plugin=True), tmp_path / "p.engine")
     message = str(info.value)
@@ -220,8 +234,7 @@ def test_plugin_flavour_without_library_fails_before_tensorrt(monkeypatch, tmp_p
     assert f"tried: {tmp_path / 'x.so'}." in message and "stn-deploy plugins build" in message
 
 
-def test_trt_available_and_demo_step_say_why_not(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
+def test_trt_available_and_demo_step_say_why_not(no_tensorrt, monkeypatch, tmp_path):
     ok, why = trt_available()
     assert ok is False and "pip install tensorrt" in why
     line = demo_trt_step({"standard": tmp_path / "m.onnx"}, tmp_path)
@@ -239,12 +252,14 @@ def test_build_arguments_map_onto_build_engine():
     args = _parse(["build", "m.onnx", "--out", "m.engine", "--plugin-lib", "/l.so",
                    "--precision", "fp16", "--min-batch", "2", "--opt-batch", "8",
                    "--max-batch", "64", "--timing-cache", "tc.bin", "--version-compatible",
-                   "--workspace", "512", "--device", "1"])  # fmt: skip
+                   "--workspace", "512", "--device", "1", "--tensorrt", "tensorrt-rtx",
+                   "--compute-capability", "8.6,8.9"])  # fmt: skip
     assert (args.onnx, args.out) == ("m.onnx", "m.engine")
     assert build_options(args) == {
         "plugin_lib": "/l.so", "precision": "fp16", "min_batch": 2, "opt_batch": 8,
         "max_batch": 64, "timing_cache": "tc.bin", "version_compatible": True,
-        "workspace_mib": 512, "device": 1,
+        "workspace_mib": 512, "device": 1, "tensorrt": "tensorrt_rtx",
+        "compute_capability": "8.6,8.9",
     }  # fmt: skip
 
 
@@ -252,7 +267,8 @@ def test_build_defaults_are_left_to_build_engine():
     opts = build_options(_parse(["build", "m.onnx", "--out", "e"]))
     assert opts == {"plugin_lib": None, "precision": None, "min_batch": None, "opt_batch": None,
                     "max_batch": None, "timing_cache": None, "version_compatible": False,
-                    "workspace_mib": None, "device": 0}  # fmt: skip
+                    "workspace_mib": None, "device": 0, "tensorrt": None,
+                    "compute_capability": None}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -271,10 +287,9 @@ def test_bad_build_arguments_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_cli_prints_build_errors_without_traceback(monkeypatch, tmp_path, capsys):
+def test_cli_prints_build_errors_without_traceback(no_tensorrt, monkeypatch, tmp_path, capsys):
     from stn_deploy.cli import main
 
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
     onnx_path = _onnx(tmp_path / "m.onnx")
     code = main(["build", str(onnx_path), "--out", str(tmp_path / "e"), "--min-batch", "9",
                  "--max-batch", "4"])  # fmt: skip
@@ -292,30 +307,63 @@ class _Recorder:
 
 
 class _Monitor:
+    REAL = "IProgressMonitor"
+
     def __init__(self):
         pass
 
 
+class _TimingCache:
+    REAL = "ITimingCache"
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = bytes(blob)
+
+    def serialize(self):
+        return fakes.HostMemory(b"CACHE" + self.blob)
+
+
 class _Config:
-    def __init__(self, rec: _Recorder):
+    """Stands for IBuilderConfig (checked against the real one in tests/test_trt_api.py)."""
+
+    REAL = "IBuilderConfig"
+    TEST_ONLY = ("rec", "cache", "refuse_profile", "no_cache")
+    RTX_ONLY = ("num_compute_capabilities", "set_compute_capability")
+    plugins_to_serialize: list[str] = []
+    progress_monitor = None
+    num_compute_capabilities = 0
+    num_optimization_profiles = 0
+
+    def __init__(self, rec: _Recorder, refuse_profile=False, no_cache=False):
         self.rec, self.cache = rec, None
-        self.plugins_to_serialize: list[str] = []
+        self.refuse_profile, self.no_cache = refuse_profile, no_cache
+        self.plugins_to_serialize = []
         self.progress_monitor = None
+        self.num_compute_capabilities = 0
+        self.num_optimization_profiles = 0
 
     def set_flag(self, flag):
-        self.rec.calls.append(("set_flag", flag))
+        self.rec.calls.append(("set_flag", flag.name))
 
     def clear_flag(self, flag):
-        self.rec.calls.append(("clear_flag", flag))
+        self.rec.calls.append(("clear_flag", flag.name))
 
-    def set_memory_pool_limit(self, pool, size):
-        self.rec.calls.append(("pool", pool, size))
+    def set_memory_pool_limit(self, pool, pool_size):
+        self.rec.calls.append(("pool", pool.name, pool_size))
 
     def add_optimization_profile(self, profile):
         self.rec.calls.append(("profile", *profile.shapes))
+        if self.refuse_profile:
+            return -1
+        self.num_optimization_profiles += 1
+        return self.num_optimization_profiles - 1
 
-    def create_timing_cache(self, blob):
-        return types.SimpleNamespace(blob=bytes(blob), serialize=lambda: b"CACHE" + bytes(blob))
+    def set_compute_capability(self, compute_capability, index):
+        self.rec.calls.append(("compute_capability", compute_capability.name, index))
+        return index < self.num_compute_capabilities
+
+    def create_timing_cache(self, serialized_timing_cache):
+        return _TimingCache(bytes(serialized_timing_cache))
 
     def set_timing_cache(self, cache, ignore_mismatch):
         self.rec.calls.append(("timing_cache", cache.blob))
@@ -323,24 +371,36 @@ class _Config:
         return True
 
     def get_timing_cache(self):
-        return self.cache
+        return None if self.no_cache else self.cache
 
 
 class _Profile:
-    def set_shape(self, name, lo, opt, hi):
-        self.shapes = (name, lo, opt, hi)
+    REAL = "IOptimizationProfile"
+
+    def set_shape(self, input, min, opt, max):  # noqa: A002 - the real parameter names
+        self.shapes = (input, min, opt, max)
+
+    def get_shape(self, input):  # noqa: A002
+        return [fakes.Dims(s) for s in self.shapes[1:]]
+
+
+class _Network:
+    REAL = "INetworkDefinition"
 
 
 class _Builder:
-    def __init__(self, rec: _Recorder, fail_build: bool):
-        self.rec, self.fail_build = rec, fail_build
+    REAL = "Builder"
+    TEST_ONLY = ("rec", "fail_build", "config_options")
 
-    def create_network(self, flags):
+    def __init__(self, rec: _Recorder, fail_build: bool, config_options: dict):
+        self.rec, self.fail_build, self.config_options = rec, fail_build, config_options
+
+    def create_network(self, flags=0):
         self.rec.calls.append(("network_flags", flags))
-        return object()
+        return _Network()
 
     def create_builder_config(self):
-        self.rec.config = _Config(self.rec)
+        self.rec.config = _Config(self.rec, **self.config_options)
         return self.rec.config
 
     def create_optimization_profile(self):
@@ -350,36 +410,64 @@ class _Builder:
         if config.progress_monitor is not None:
             config.progress_monitor.phase_start("Building", None, 3)
             config.progress_monitor.phase_finish("Building")
-        return None if self.fail_build else b"ENGINE-BYTES"
+        return None if self.fail_build else fakes.HostMemory(b"ENGINE-BYTES")
 
 
 class _Parser:
+    REAL = "OnnxParser"
+    TEST_ONLY = ("rec", "errors")
+    num_errors = 0
+
     def __init__(self, rec: _Recorder, errors):
         self.rec, self.errors, self.num_errors = rec, list(errors), len(errors)
 
-    def parse_from_file(self, path):
-        self.rec.calls.append(("parse", path))
+    def parse_from_file(self, model):
+        self.rec.calls.append(("parse", model))
         return not self.errors
 
     def get_error(self, index):
         return self.errors[index]
 
 
-def _fake_build_trt(version="10.3.0", *, parse_errors=(), fail_build=False):
+class _Registry:
+    REAL = "IPluginRegistry"
+
+    def __init__(self, rec: _Recorder):
+        self.rec = rec
+
+    def load_library(self, plugin_path):
+        self.rec.calls.append(("load", plugin_path))
+        return object()
+
+
+class _Logger:
+    REAL = "Logger"
+    WARNING = 2
+
+    def __init__(self, min_severity=2):
+        self.min_severity = min_severity
+
+
+def _fake_build_trt(version="10.3.0", *, parse_errors=(), fail_build=False, module="tensorrt",
+                    **config_options):  # fmt: skip
+    """A tensorrt (or tensorrt_rtx) module of ``version`` with the real enum values."""
     rec = _Recorder()
-    registry = types.SimpleNamespace(load_library=lambda p: rec.calls.append(("load", p)) or 1)
-    flags = ("FP16", "TF32", "VERSION_COMPATIBLE")
+    registry = _Registry(rec)
+    target = fakes.target_of(version, module)
     trt = types.SimpleNamespace(
+        __name__=module,
         __version__=version,
-        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, s: None}),
-        Builder=lambda logger: _Builder(rec, fail_build),
+        Logger=_Logger,
+        Builder=lambda logger: _Builder(rec, fail_build, config_options),
         OnnxParser=lambda network, logger: _Parser(rec, parse_errors),
         IProgressMonitor=_Monitor,
-        NetworkDefinitionCreationFlag=types.SimpleNamespace(STRONGLY_TYPED=1),
-        BuilderFlag=types.SimpleNamespace(**{f: f for f in flags}),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="WORKSPACE"),
+        NetworkDefinitionCreationFlag=fakes.network_flag(target),
+        BuilderFlag=fakes.builder_flag(target),
+        MemoryPoolType=fakes.MemoryPoolType,
         get_plugin_registry=lambda: registry,
     )
+    if target == "rtx":
+        trt.ComputeCapability = fakes.compute_capability()
     return trt, rec
 
 
@@ -391,7 +479,7 @@ def fake_gpu(monkeypatch):
 
 
 def _build(monkeypatch, trt, tmp_path, onnx_path, **opts):
-    monkeypatch.setattr(engine_mod, "_import_trt", lambda: trt)
+    monkeypatch.setattr(engine_mod, "_import_trt", lambda module=None: trt)
     lines: list[str] = []
     result = build_engine(onnx_path, tmp_path / "out" / "m.engine", report=lines.append, **opts)
     return result, lines
@@ -428,12 +516,16 @@ def test_fp16_from_fp32_graph_on_tensorrt_10_uses_the_builder_flag(monkeypatch, 
     assert result.meta.precision == "fp16"
 
 
-@pytest.mark.parametrize("version", ["10.3.0", "11.0.0"])
-def test_fp16_graph_builds_strongly_typed(monkeypatch, tmp_path, fake_gpu, version):
-    trt, rec = _fake_build_trt(version)
+@pytest.mark.parametrize(("version", "module", "flags"), [
+    ("10.3.0", "tensorrt", 2),  # STRONGLY_TYPED is bit 1 on 10.x
+    ("11.0.0", "tensorrt", 1),  # and bit 0 on 11.x and TensorRT-RTX
+    ("1.7.1.116", "tensorrt_rtx", 1),
+])
+def test_fp16_graph_builds_strongly_typed(monkeypatch, tmp_path, fake_gpu, version, module, flags):
+    trt, rec = _fake_build_trt(version, module=module)
     onnx_path = _onnx(tmp_path / "m.onnx", dtype=TensorProto.FLOAT16)
     result, _ = _build(monkeypatch, trt, tmp_path, onnx_path)
-    assert ("network_flags", 1 << 1) in rec.calls and ("set_flag", "FP16") not in rec.calls
+    assert ("network_flags", flags) in rec.calls and ("set_flag", "FP16") not in rec.calls
     assert result.meta.precision == "fp16"
 
 
@@ -475,7 +567,7 @@ def test_parser_errors_stop_the_build(monkeypatch, tmp_path, fake_gpu):
 
 def test_failed_build_writes_nothing(monkeypatch, tmp_path, fake_gpu):
     trt, _ = _fake_build_trt(fail_build=True)
-    with pytest.raises(EngineBuildError, match="TensorRT could not build"):
+    with pytest.raises(EngineBuildError, match="TensorRT 10.3.0 could not build"):
         _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"))
     assert not (tmp_path / "out").exists()
 
@@ -500,3 +592,115 @@ def test_inspect_reads_what_the_exporter_writes(tmp_path, flavour, precision):
     assert (info.flavour, info.precision, info.input_shape) == (flavour, precision, (1, 28, 28))
     assert info.input_name == "input" and info.batch_dynamic
     assert info.plugin_ops == (("STNAffineGridSample",) if flavour == "plugin" else ())
+
+
+# -- TensorRT-RTX, ahead of time; static batches; refused results -------------------------------
+@pytest.fixture
+def no_gpu(monkeypatch):
+    def refuse(device=0, prefer=None):
+        raise cuda_util.BackendUnavailableError("no usable CUDA binding for GPU 0")
+
+    monkeypatch.setattr(cuda_util, "load_cuda", refuse)
+
+
+def test_rtx_builds_ahead_of_time_without_a_gpu(monkeypatch, tmp_path, no_gpu):
+    trt, rec = _fake_build_trt("1.7.1.116", module="tensorrt_rtx")
+    result, lines = _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"),
+                           compute_capability="86,sm_89")  # fmt: skip
+    assert ("compute_capability", "SM86", 0) in rec.calls
+    assert ("compute_capability", "SM89", 1) in rec.calls
+    assert rec.config.num_compute_capabilities == 2
+    assert ("network_flags", 1) in rec.calls  # strongly typed, as on TensorRT 11
+    meta = engine_meta.read_meta(result.engine_path)
+    assert (meta.gpu_name, meta.compute_capability, meta.ahead_of_time) == (None, "8.6,8.9", True)
+    assert meta.tensorrt_module == "tensorrt_rtx"
+    assert "ahead of time for compute capability 8.6,8.9 (no GPU probed)" in lines[-1]
+    assert "--tensorrt tensorrt-rtx --compute-capability 8.6,8.9" in engine_meta.rebuild_command(
+        meta, "m.engine")
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("9.0", "cannot build for compute capability 9.0; it builds for 7.5, 8.0, 8.6, 8.9, 12.0"),
+    ("eight", "bad --compute-capability 'eight'; expected e.g. 8.6"),
+])
+def test_rtx_target_it_cannot_build_is_refused(monkeypatch, tmp_path, no_gpu, given, message):
+    trt, _ = _fake_build_trt("1.7.1.116", module="tensorrt_rtx")
+    with pytest.raises(EngineBuildError, match=re.escape(message)):
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"), compute_capability=given)
+    assert not (tmp_path / "out").exists()
+
+
+def test_rtx_without_gpu_or_target_says_to_give_one(monkeypatch, tmp_path, no_gpu):
+    trt, _ = _fake_build_trt("1.7.1.116", module="tensorrt_rtx")
+    with pytest.raises(EngineBuildError) as info:
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"))
+    assert "TensorRT-RTX 1.7.1.116 can build without a GPU, ahead of time: add " \
+        "--compute-capability" in str(info.value)
+    assert "e.g. --compute-capability 8.6" in str(info.value)
+
+
+def test_compute_capability_needs_tensorrt_rtx(monkeypatch, tmp_path, no_gpu):
+    trt, _ = _fake_build_trt("10.16.1")
+    with pytest.raises(EngineBuildError) as info:
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"), compute_capability="8.6")
+    assert "--compute-capability needs TensorRT-RTX (pip install 'stn-deploy[trt-rtx]'" in \
+        str(info.value)
+    assert "TensorRT 10.16.1 builds only for the GPU it runs on" in str(info.value)
+
+
+def test_rtx_refuses_fp16_from_an_fp32_graph(monkeypatch, tmp_path, no_gpu):
+    trt, _ = _fake_build_trt("1.7.1.116", module="tensorrt_rtx")
+    with pytest.raises(EngineBuildError, match="TensorRT-RTX builds only strongly typed networks"):
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"), precision="fp16",
+               compute_capability="8.6")  # fmt: skip
+
+
+def test_static_batch_gets_min_opt_max_equal(monkeypatch, tmp_path, fake_gpu):
+    trt, rec = _fake_build_trt()
+    onnx_path = _onnx(tmp_path / "m.onnx", dims=(4, 1, 28, 28))
+    result, lines = _build(monkeypatch, trt, tmp_path, onnx_path)
+    assert ("profile", "input", (4, 1, 28, 28), (4, 1, 28, 28), (4, 1, 28, 28)) in rec.calls
+    assert result.meta.batch == BatchProfile(4, 4, 4)
+    assert result.meta.profiles[0]["max"] == [4, 1, 28, 28]
+    assert "batch 4/4/4" in lines[-1]
+
+
+def test_static_batch_refuses_other_batch_sizes(monkeypatch, tmp_path, fake_gpu):
+    trt, _ = _fake_build_trt()
+    onnx_path = _onnx(tmp_path / "m.onnx", dims=(4, 1, 28, 28))
+    with pytest.raises(EngineBuildError) as info:
+        _build(monkeypatch, trt, tmp_path, onnx_path, max_batch=64)
+    assert str(info.value) == (
+        f"{onnx_path} has a static batch of 4 (input 'input' is [4, 1, 28, 28]), so its engine "
+        "runs batch 4 only and cannot take --max-batch 64. Drop those options, or re-export "
+        "with a dynamic batch: stn-deploy export CKPT_DIR --out model.onnx"
+    )
+
+
+def test_refused_profile_is_an_error_not_a_broken_engine(monkeypatch, tmp_path, fake_gpu):
+    trt, _ = _fake_build_trt(refuse_profile=True)
+    with pytest.raises(EngineBuildError) as info:
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"), max_batch=8)
+    assert "TensorRT rejected the optimisation profile of input 'input' (min [1, 1, 28, 28], " \
+        "opt [8, 1, 28, 28], max [8, 1, 28, 28]" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_timing_cache_is_a_warning(monkeypatch, tmp_path, fake_gpu, caplog):
+    trt, _ = _fake_build_trt(no_cache=True)
+    cache = tmp_path / "tc.bin"
+    with caplog.at_level(logging.WARNING):
+        result, _ = _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"),
+                           timing_cache=cache)  # fmt: skip
+    assert result.engine_path.is_file() and not cache.exists()
+    assert any("returned no timing cache after the build" in r.message for r in caplog.records)
+
+
+def test_rtx_ignores_the_timing_cache_and_says_so(monkeypatch, tmp_path, no_gpu, caplog):
+    trt, rec = _fake_build_trt("1.7.1.116", module="tensorrt_rtx")
+    cache = tmp_path / "tc.bin"
+    with caplog.at_level(logging.WARNING):
+        _build(monkeypatch, trt, tmp_path, _onnx(tmp_path / "m.onnx"), timing_cache=cache,
+               compute_capability="8.6")  # fmt: skip
+    assert not any(c[0] == "timing_cache" for c in rec.calls) and not cache.exists()
+    assert any("TensorRT-RTX keeps no timing cache" in r.message for r in caplog.records)

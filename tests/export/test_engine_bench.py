@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,11 +24,31 @@ def _load():
 def test_without_tensorrt_it_exits_2_and_says_why():
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
+    env = {**os.environ, "STN_DEPLOY_TENSORRT": "tensorrt"}  # TensorRT-RTX may be installed
     done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+                          timeout=120, env=env)  # fmt: skip
     assert done.returncode == 2
     assert "trt-check needs TensorRT and an NVIDIA GPU" in done.stderr
     assert "pip install tensorrt" in done.stderr
+
+
+def test_with_tensorrt_rtx_but_no_gpu_it_exits_2_and_says_why():
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt_rtx is not installed here")
+    from stn_deploy.runtime.cuda_util import load_cuda
+    from stn_deploy.runtime.session import BackendUnavailableError
+
+    try:
+        load_cuda(0)
+        pytest.skip("this machine has a GPU")
+    except BackendUnavailableError:
+        pass
+    env = {**os.environ, "STN_DEPLOY_TENSORRT": "tensorrt_rtx"}
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 2
+    assert "trt-check needs TensorRT and an NVIDIA GPU: TensorRT-RTX 1." in done.stderr
+    assert "is installed but no usable CUDA binding" in done.stderr
 
 
 def test_parity_against_the_reference(rng):

@@ -318,3 +318,43 @@ def test_first_default_location_is_where_plugins_build_writes_the_library():
 
     assert PLUGIN_LIBRARY_NAMES[0] == PLUGIN_LIBRARY
     assert default_plugin_locations()[0] == DEFAULT_BUILD_DIR / PLUGIN_LIBRARY
+
+
+# -- TensorRT-RTX: ahead-of-time targets, the module -------------------------------------------
+RTX_HERE = RunningEnv("1.7.1.116", "NVIDIA GeForce RTX 4090", "8.9", "tensorrt_rtx")
+
+
+def _aot(**changes) -> EngineMeta:
+    return _meta(tensorrt_version="1.7.1.116", tensorrt_module="tensorrt_rtx", gpu_name=None,
+                 compute_capability="8.6,8.9", ahead_of_time=True, **changes)  # fmt: skip
+
+
+def test_ahead_of_time_engine_runs_on_any_gpu_of_its_targets():
+    assert check_meta(_aot(), RTX_HERE, "m.engine") == []
+    other = RunningEnv("1.7.1.116", "NVIDIA RTX A6000", "8.6", "tensorrt_rtx")
+    assert check_meta(_aot(), other, "m.engine") == []
+
+
+def test_ahead_of_time_engine_on_another_architecture_is_refused():
+    h200 = RunningEnv("1.7.1.116", "NVIDIA H200", "9.0", "tensorrt_rtx")
+    with pytest.raises(EngineMismatchError) as info:
+        check_meta(_aot(), h200, "m.engine")
+    message = str(info.value)
+    assert "built ahead of time for compute capability 8.6,8.9, this GPU is NVIDIA H200 " \
+        "(compute capability 9.0)" in message
+    assert "--tensorrt tensorrt-rtx --compute-capability 8.6,8.9" in message
+
+
+def test_an_rtx_engine_under_tensorrt_10_is_refused_by_module_not_version():
+    with pytest.raises(EngineMismatchError) as info:
+        check_meta(_aot(), HERE, "m.engine")
+    assert "built with TensorRT-RTX 1.7.1.116, this process runs TensorRT 10.3.0" in \
+        str(info.value)
+
+
+def test_sidecar_round_trip_keeps_module_and_target(tmp_path):
+    meta = _aot()
+    write_meta(tmp_path / "m.engine", meta)
+    assert read_meta(tmp_path / "m.engine") == meta
+    with pytest.raises(ValueError, match="tensorrt_module must be one of"):
+        _meta(tensorrt_module="tensorrt_lean")

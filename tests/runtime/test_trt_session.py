@@ -27,6 +27,8 @@ from stn_deploy.runtime.engine_meta import BatchProfile, EngineMeta
 from stn_deploy.runtime.session import BackendUnavailableError, InputError, SessionError
 from stn_deploy.runtime.trt import TrtSession, split_batches
 
+from .. import trt_fakes as fakes
+
 WEIGHTS = np.array([1.0, -2.0, 0.5], np.float32)  # logits[b, k] = sum(x[b]) * WEIGHTS[k]
 SAMPLE = (1, 4, 4)
 
@@ -121,6 +123,8 @@ class FakeCuda(Cuda):
 
 # -- fake TensorRT -----------------------------------------------------------------------------
 class FakeContext:
+    REAL = "IExecutionContext"
+
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.shape: tuple[int, ...] | None = None
@@ -136,13 +140,14 @@ class FakeContext:
         return True
 
     def get_tensor_shape(self, name):
-        return self.shape if name == "input" else (self.shape[0], 3)
+        return fakes.Dims(self.shape if name == "input" else (self.shape[0], 3))
 
-    def set_tensor_address(self, name, ptr) -> bool:
-        self.addresses[name] = ptr
+    def set_tensor_address(self, name, memory) -> bool:
+        self.addresses[name] = memory
         return True
 
-    def execute_async_v3(self, handle: int) -> bool:
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        handle = stream_handle
         cuda = self.engine.cuda
         batch, dtype = self.shape[0], self.engine.dtype
         n_in = batch * int(np.prod(SAMPLE)) * dtype.itemsize
@@ -164,70 +169,95 @@ class FakeContext:
 
 
 class FakeEngine:
+    REAL = "ICudaEngine"
     num_io_tensors = 2
+    TRT_TYPES = {"float32": fakes.DataType.FLOAT, "float16": fakes.DataType.HALF,
+                 "bfloat16": fakes.DataType.BF16}  # fmt: skip
 
     def __init__(self, cuda: FakeCuda, dtype, max_batch: int) -> None:
-        self.cuda, self.dtype, self.max_batch = cuda, np.dtype(dtype), max_batch
+        self.cuda, self.max_batch = cuda, max_batch
+        self.trt_dtype = self.TRT_TYPES[dtype]
+        self.dtype = np.dtype(fakes.NUMPY.get(self.trt_dtype, np.float32))
         self.contexts: list[FakeContext] = []
+        self.no_context = False
 
     def get_tensor_name(self, index: int) -> str:
         return ("input", "logits")[index]
 
     def get_tensor_mode(self, name):
-        return FakeTrt.TensorIOMode.INPUT if name == "input" else FakeTrt.TensorIOMode.OUTPUT
+        return fakes.TensorIOMode.INPUT if name == "input" else fakes.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name):
-        return self.dtype
+        return self.trt_dtype
 
     def get_tensor_shape(self, name):
-        return (-1, *SAMPLE) if name == "input" else (-1, 3)
+        return fakes.Dims((-1, *SAMPLE) if name == "input" else (-1, 3))
 
-    def get_tensor_profile_shape(self, name, profile):
-        return (1, *SAMPLE), (min(4, self.max_batch), *SAMPLE), (self.max_batch, *SAMPLE)
+    def get_tensor_profile_shape(self, name, profile_index):
+        return [fakes.Dims((1, *SAMPLE)), fakes.Dims((min(4, self.max_batch), *SAMPLE)),
+                fakes.Dims((self.max_batch, *SAMPLE))]  # fmt: skip
 
-    def create_execution_context(self) -> FakeContext:
+    def create_execution_context(self) -> FakeContext | None:
+        if self.no_context:
+            return None  # what TensorRT answers when it cannot allocate one
         context = FakeContext(self)
         self.contexts.append(context)
         return context
 
 
 class FakeTrt(types.SimpleNamespace):
-    TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
+    TensorIOMode = fakes.TensorIOMode
 
 
 def _fake_trt(cuda: FakeCuda, version: str = "10.3.0"):
     loaded: list[str] = []
 
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity) -> None:
-            self.severity = severity
-
-    class Registry:
-        def load_library(self, path: str):
-            loaded.append(path)
-            return None if "broken" in path else object()
-
-    class Runtime:
-        def __init__(self, logger) -> None:
-            self.engine_host_code_allowed = False
-
-        def deserialize_cuda_engine(self, data: bytes):
-            if not data.startswith(b"FAKE"):
-                return None
-            header = json.loads(data[4:])
-            return FakeEngine(cuda, header["dtype"], header["max_batch"])
-
-    registry = Registry()
+    registry = FakeRegistry(loaded)
     return FakeTrt(
+        __name__="tensorrt_rtx" if version.startswith("1.") else "tensorrt",
         __version__=version,
-        Logger=Logger,
-        Runtime=Runtime,
+        Logger=FakeLogger,
+        Runtime=lambda logger: FakeRuntime(cuda),
         get_plugin_registry=lambda: registry,
-        nptype=lambda dtype: dtype,
+        nptype=fakes.nptype,
         loaded=loaded,
     )
+
+
+class FakeLogger:
+    REAL = "Logger"
+    WARNING = 2
+
+    def __init__(self, min_severity=2) -> None:
+        self.min_severity = min_severity
+
+
+class FakeRegistry:
+    REAL = "IPluginRegistry"
+
+    def __init__(self, loaded: list[str]) -> None:
+        self.loaded = loaded
+
+    def load_library(self, plugin_path: str):
+        self.loaded.append(plugin_path)
+        return None if "broken" in plugin_path else object()
+
+
+class FakeRuntime:
+    REAL = "Runtime"
+    engine_host_code_allowed = False
+
+    def __init__(self, cuda) -> None:
+        self.cuda = cuda
+        self.engine_host_code_allowed = False
+
+    def deserialize_cuda_engine(self, serialized_engine: bytes):
+        if not serialized_engine.startswith(b"FAKE"):
+            return None
+        header = json.loads(serialized_engine[4:])
+        engine = FakeEngine(self.cuda, header["dtype"], header["max_batch"])
+        engine.no_context = header.get("no_context", False)
+        return engine
 
 
 @pytest.fixture
@@ -235,16 +265,17 @@ def fake(monkeypatch, tmp_path):
     """(FakeCuda, fake trt) wired into TrtSession; no plugin library anywhere."""
     cuda = FakeCuda()
     trt = _fake_trt(cuda)
-    monkeypatch.setattr(trt_module, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_module, "import_tensorrt", lambda module=None: trt)
     monkeypatch.setattr(cuda_util, "load_cuda", lambda device=0, prefer=None: cuda)
     monkeypatch.setattr(engine_meta, "default_plugin_locations", lambda root=None: [])
     monkeypatch.delenv(engine_meta.PLUGIN_ENV, raising=False)
     return cuda, trt
 
 
-def _engine(tmp_path, dtype="float32", max_batch=4, name="m.engine"):
+def _engine(tmp_path, dtype="float32", max_batch=4, name="m.engine", **header):
     path = tmp_path / name
-    path.write_bytes(b"FAKE" + json.dumps({"dtype": dtype, "max_batch": max_batch}).encode())
+    header = {"dtype": dtype, "max_batch": max_batch, **header}
+    path.write_bytes(b"FAKE" + json.dumps(header).encode())
     return path
 
 
@@ -291,8 +322,7 @@ def test_split_batches_rejects_nonsense(n, max_batch):
 
 
 # -- without tensorrt --------------------------------------------------------------------------
-def test_missing_tensorrt_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
+def test_missing_tensorrt_says_how_to_install(no_tensorrt, monkeypatch, tmp_path):
     with pytest.raises(BackendUnavailableError, match="pip install tensorrt") as info:
         trt_module.import_tensorrt()
     assert "NVIDIA GPU" in str(info.value)
@@ -300,10 +330,9 @@ def test_missing_tensorrt_says_how_to_install(monkeypatch, tmp_path):
         TrtSession(_engine(tmp_path)).open()
 
 
-def test_open_session_on_an_engine_without_tensorrt(monkeypatch, tmp_path):
+def test_open_session_on_an_engine_without_tensorrt(no_tensorrt, monkeypatch, tmp_path):
     from stn_deploy.runtime import open_session
 
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
         open_session(_engine(tmp_path))  # 'auto' picks trt for .engine
 
@@ -541,3 +570,56 @@ def test_only_the_batch_may_be_dynamic(fake, tmp_path, monkeypatch):
                         lambda self, name: (-1, 1, -1, 4) if name == "input" else (-1, 3))
     with pytest.raises(SessionError, match=r"shape \[-1, 1, -1, 4\]: only the batch dimension"):
         TrtSession(_engine(tmp_path)).open()
+
+
+# -- results TensorRT can refuse -----------------------------------------------------------------
+def test_no_execution_context_is_an_error_with_the_fix(fake, tmp_path):
+    path = _engine(tmp_path, no_context=True)
+    with pytest.raises(SessionError) as info:
+        TrtSession(path, sidecar="off").open()
+    assert str(info.value) == (
+        f"TensorRT could not create an execution context for {str(path)!r} (out of GPU memory? "
+        "see the TensorRT log above); free GPU memory or build with a smaller --max-batch"
+    )
+
+
+def test_refused_max_shape_on_the_probe_context(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeContext, "set_input_shape", lambda self, name, shape: False)
+    path = _engine(tmp_path, max_batch=4)
+    with pytest.raises(SessionError) as info:
+        TrtSession(path, sidecar="off").open()
+    assert f"TensorRT refused input 'input' of {str(path)!r} at its profile's maximum shape " \
+        "[4, 1, 4, 4]" in str(info.value)
+    assert f"stn-deploy build MODEL.onnx --out {path}" in str(info.value)
+
+
+def test_a_type_numpy_cannot_hold_is_explained(fake, tmp_path):
+    path = _engine(tmp_path, dtype="bfloat16")
+    with pytest.raises(SessionError) as info:
+        TrtSession(path, sidecar="off").open()
+    message = str(info.value)
+    assert f"tensor 'input' of {str(path)!r} has type BF16, which numpy cannot hold" in message
+    assert "export with --precision fp32 or fp16 and rebuild with stn-deploy build" in message
+
+
+def test_engine_of_the_other_tensorrt_is_refused(fake, tmp_path):
+    path = _engine(tmp_path)
+    engine_meta.write_meta(path, _meta(path, tensorrt_module="tensorrt_rtx",
+                                       tensorrt_version="1.7.1.116"))  # fmt: skip
+    with pytest.raises(engine_meta.EngineMismatchError) as info:
+        TrtSession(path).open()
+    message = str(info.value)
+    assert "built with TensorRT-RTX 1.7.1.116, this process runs TensorRT 10.3.0" in message
+    assert "--tensorrt tensorrt-rtx" in message
+
+
+def test_sidecar_picks_the_tensorrt_module(fake, tmp_path, monkeypatch):
+    _, trt = fake
+    asked = []
+    monkeypatch.setattr(trt_module, "import_tensorrt", lambda module=None: asked.append(module)
+                        or trt)  # fmt: skip
+    path = _engine(tmp_path)
+    engine_meta.write_meta(path, _meta(path))
+    TrtSession(path).open().close()
+    TrtSession(path, sidecar="off").open().close()
+    assert asked == ["tensorrt", None]

@@ -23,6 +23,8 @@ from stn_deploy.runtime import trt as trt_module
 from stn_deploy.runtime.cuda_util import CudaError, load_cuda
 from stn_deploy.runtime.trt import TrtSession
 
+from .. import trt_fakes as fakes
+
 pytestmark = pytest.mark.gpu
 rt = pytest.importorskip("cuda.bindings.runtime", reason="the stand-in engine needs cuda-python")
 
@@ -44,6 +46,8 @@ def _expected(x: np.ndarray) -> np.ndarray:
 
 
 class GpuContext:
+    REAL = "IExecutionContext"
+
     def __init__(self, engine: GpuEngine) -> None:
         self.engine, self.batch, self.addresses, self.runs = engine, 0, {}, 0
         self.lock = threading.Lock()
@@ -53,13 +57,15 @@ class GpuContext:
         return 1 <= shape[0] <= self.engine.max_batch
 
     def get_tensor_shape(self, name):
-        return (self.batch, *SAMPLE) if name == "input" else (self.batch, WIDTH)
+        return fakes.Dims((self.batch, *SAMPLE) if name == "input" else (self.batch, WIDTH))
 
-    def set_tensor_address(self, name, ptr) -> bool:
+    def set_tensor_address(self, name, memory) -> bool:
+        ptr = memory
         self.addresses[name] = ptr
         return True
 
-    def execute_async_v3(self, handle: int) -> bool:
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        handle = stream_handle
         if not self.lock.acquire(blocking=False):
             raise AssertionError("one execution context used by two threads at once")
         try:
@@ -74,6 +80,7 @@ class GpuContext:
 
 
 class GpuEngine:
+    REAL = "ICudaEngine"
     num_io_tensors = 2
 
     def __init__(self, max_batch: int) -> None:
@@ -83,16 +90,17 @@ class GpuEngine:
         return ("input", "logits")[index]
 
     def get_tensor_mode(self, name):
-        return "INPUT" if name == "input" else "OUTPUT"
+        return fakes.TensorIOMode.INPUT if name == "input" else fakes.TensorIOMode.OUTPUT
 
     def get_tensor_dtype(self, name):
-        return np.float32
+        return fakes.DataType.FLOAT
 
     def get_tensor_shape(self, name):
-        return (-1, *SAMPLE) if name == "input" else (-1, WIDTH)
+        return fakes.Dims((-1, *SAMPLE) if name == "input" else (-1, WIDTH))
 
-    def get_tensor_profile_shape(self, name, profile):
-        return (1, *SAMPLE), (self.max_batch, *SAMPLE), (self.max_batch, *SAMPLE)
+    def get_tensor_profile_shape(self, name, profile_index):
+        return [fakes.Dims((1, *SAMPLE)), fakes.Dims((self.max_batch, *SAMPLE)),
+                fakes.Dims((self.max_batch, *SAMPLE))]  # fmt: skip
 
     def create_execution_context(self):
         self.contexts.append(GpuContext(self))
@@ -104,6 +112,7 @@ def stand_in(monkeypatch, tmp_path):
     """An engine file and a stand-in ``tensorrt`` whose engines run on the real GPU."""
 
     class Runtime:
+        REAL = "Runtime"
         engine_host_code_allowed = False
 
         def __init__(self, logger) -> None:
@@ -113,12 +122,11 @@ def stand_in(monkeypatch, tmp_path):
             return GpuEngine(json.loads(data[4:])["max_batch"])
 
     trt = types.SimpleNamespace(
-        __version__="10.0.0", Runtime=Runtime, nptype=lambda dtype: dtype,
+        __name__="tensorrt", __version__="10.0.0", Runtime=Runtime, nptype=fakes.nptype,
         Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None}),
-        TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
-        get_plugin_registry=lambda: None,
+        TensorIOMode=fakes.TensorIOMode, get_plugin_registry=lambda: None,
     )  # fmt: skip
-    monkeypatch.setattr(trt_module, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_module, "import_tensorrt", lambda module=None: trt)
     monkeypatch.setattr(engine_meta, "default_plugin_locations", lambda root=None: [])
     monkeypatch.delenv(engine_meta.PLUGIN_ENV, raising=False)
     path = tmp_path / "gpu.engine"

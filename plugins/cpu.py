@@ -2,7 +2,14 @@
 
 The library is the same sampling code as the CUDA kernels (src/gridSampleMath.h), built by
 ``g++`` (or ``$CXX``) into ``$STN_DEPLOY_CACHE`` (default ``~/.cache/stn-deploy``) under a name
-keyed by the sources' hash, so a fresh clone needs only a compiler and an edit rebuilds it.
+keyed by the sources' hash and this CPU (it is compiled for the host's instruction set), so a
+fresh clone needs only a compiler and an edit rebuilds it. Two kernels per op:
+
+- ``kernel="fast"`` (NCHW): the production kernels (src/cpuGridSampleFast.h), threaded over
+  N x output rows and vectorised over pixels, bit-identical to the reference;
+- ``kernel="reference"``: one pixel at a time, exactly as a CUDA thread runs the shared
+  functions (also the channels-last ``layout="hwc8"`` code path of TensorRT's kHWC8 kernels).
+
 Arrays are NCHW float32; float16 arrays are sampled in float32 and rounded back (exactly what
 the fp16 kernels do: fp16 storage, fp32 math).
 """
@@ -33,13 +40,22 @@ __all__ = [
     "projective_grid_sample",
     "to_hwc8",
     "from_hwc8",
+    "default_threads",
+    "sample_into",
+    "SOURCES",
 ]
 
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
-_SOURCES = ("cpuGridSample.cpp", "gridSampleMath.h", "gridSampleHwc8.h")
-_ABI_VERSION = 1
+_SOURCES = ("cpuGridSample.cpp", "gridSampleMath.h", "gridSampleHwc8.h", "cpuGridSampleFast.h",
+            "cpuThreadPool.h")
+_ABI_VERSION = 2
 # -ffp-contract=off: no FMA contraction, so the host rounds like the kernels' explicit code.
-_FLAGS = ("-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-Wall", "-Wextra")
+# -O3 -march=native: the production loops vectorise for this CPU (the cache key includes it).
+# -fno-trapping-math lets rintf vectorise; no value changes (no -ffast-math).
+_FLAGS = ("-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math",
+          "-fPIC", "-shared", "-pthread", "-Wall", "-Wextra")
+# The production kernels' source argument (src/gridSampleMath.h, enum Source).
+SOURCES = {"grid": 0, "affine": 1, "projective": 2}
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _FUNCS = tuple(f"stn_{op}_f32" for op in ("grid_sample", "affine_grid_sample",
@@ -53,12 +69,34 @@ def cpu_cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "stn-deploy"
 
 
+def _cpu_identity() -> bytes:
+    """What -march=native depends on: the CPU's model and feature flags (a shared cache dir on
+    another CPU must not hand out a library built for this one)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.machine().encode()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(sorted(set(keep))).encode()
+
+
 def _source_hash() -> str:
     digest = hashlib.sha256()
     for name in _SOURCES:
         digest.update((SOURCE_DIR / name).read_bytes())
     digest.update(" ".join(_FLAGS).encode())
+    digest.update(_cpu_identity())
     return digest.hexdigest()[:16]
+
+
+def default_threads() -> int:
+    """Threads the kernels use when not told: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _compiler() -> str:
@@ -111,6 +149,9 @@ def load() -> ctypes.CDLL:
                 fn = getattr(lib, name)
                 fn.restype = i32
                 fn.argtypes = [ptr, ptr, ptr, ctypes.c_int64, *([i32] * 8)]
+            fast = lib.stn_cpu_sample_f32
+            fast.restype = i32
+            fast.argtypes = [i32, ptr, ptr, ptr, ctypes.c_int64, *([i32] * 9)]
             _LIB = lib
         return _LIB
 
@@ -137,8 +178,28 @@ def from_hwc8(y: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(y[..., :channels].transpose(0, 3, 1, 2))
 
 
-def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_corners,
-          layout: str = "nchw"):
+def sample_into(source: int, x: np.ndarray, coords: np.ndarray, y: np.ndarray, mode: int,
+                padding: int, align_corners: int, threads: int) -> None:
+    """The production kernel on arrays the caller has checked: C-contiguous float32 ``x``
+    [N,C,H,W], ``coords`` of the source's shape, ``y`` [N,C,Ho,Wo] written in place.
+
+    The thin call the ONNX Runtime route makes per plugin node (no copies, no shape checks
+    beyond the library's own argument checks).
+    """
+    n, c, h, w = x.shape
+    status = load().stn_cpu_sample_f32(
+        source, x.ctypes.data, coords.ctypes.data, y.ctypes.data, n, c, h, w, y.shape[2],
+        y.shape[3], mode, padding, align_corners, threads,
+    )
+    if status != 0:
+        raise ValueError(
+            f"stn_cpu_sample_f32 rejected its arguments (status {status}): x {x.shape}, "
+            f"coordinates {coords.shape}, y {y.shape}, mode {mode}, padding {padding}"
+        )
+
+
+def _call(source: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_corners,
+          layout: str = "nchw", kernel: str = "fast", threads: int | None = None):
     xf = _as_float32("x", x, 4)
     cf = _as_float32("coordinates", coords, len(coord_shape))
     n, c, h, w = xf.shape
@@ -150,6 +211,15 @@ def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_c
         raise ValueError(f"bad sizes: input {xf.shape}, output {(oh, ow)}")
     if layout not in ("nchw", "hwc8"):
         raise ValueError(f"layout {layout!r} is not 'nchw' or 'hwc8'")
+    if kernel not in ("fast", "reference"):
+        raise ValueError(f"kernel {kernel!r} is not 'fast' or 'reference'")
+    if kernel == "fast" and layout == "nchw":
+        y = np.empty((n, c, oh, ow), dtype=np.float32)
+        sample_into(SOURCES[source], xf, cf, y, mode_int(mode), padding_int(padding_mode),
+                    int(bool(align_corners)), threads or default_threads())
+        return y.astype(np.float16) if np.asarray(x).dtype == np.float16 else y
+    func = {"grid": "stn_grid_sample_f32", "affine": "stn_affine_grid_sample_f32",
+            "projective": "stn_projective_grid_sample_f32"}[source]
     if layout == "hwc8":  # exercise the channels-last kernels' code path on packed tensors
         xf = to_hwc8(xf)
         func = func.replace("_f32", "_hwc8_f32")
@@ -169,32 +239,42 @@ def _call(func: str, x, coords, coord_shape, out_hw, mode, padding_mode, align_c
     return y.astype(np.float16) if np.asarray(x).dtype == np.float16 else y
 
 
+_KERNEL_DOC = """
+    ``kernel="fast"`` (default) runs the production kernels on ``threads`` threads (default:
+    every core this process may use); ``kernel="reference"`` the one-pixel-at-a-time reference.
+    ``layout="hwc8"`` runs the reference's channels-last (kHWC8) code path on a packed copy."""
+
+
 def grid_sample(x: np.ndarray, grid: np.ndarray, mode: str | int = "bilinear",
                 padding_mode: str | int = "zeros", align_corners: bool = False,
-                layout: str = "nchw") -> np.ndarray:
-    """F.grid_sample on numpy: x [N,C,H,W], grid [N,Ho,Wo,2] -> [N,C,Ho,Wo].
-
-    ``layout="hwc8"`` runs the channels-last (kHWC8) code path on a packed copy of x.
-    """
+                layout: str = "nchw", *, kernel: str = "fast",
+                threads: int | None = None) -> np.ndarray:
+    """F.grid_sample on numpy: x [N,C,H,W], grid [N,Ho,Wo,2] -> [N,C,Ho,Wo]."""
     g = np.asarray(grid)
     if g.ndim != 4 or g.shape[-1] != 2:
         raise ValueError(f"grid must be [N, Ho, Wo, 2], got shape {g.shape}")
     shape = ("N", g.shape[1], g.shape[2], 2)
-    return _call("stn_grid_sample_f32", x, g, shape, g.shape[1:3], mode, padding_mode,
-                 align_corners, layout)
+    return _call("grid", x, g, shape, g.shape[1:3], mode, padding_mode, align_corners, layout,
+                 kernel, threads)
 
 
 def affine_grid_sample(x: np.ndarray, theta: np.ndarray, out_hw: tuple[int, int],
                        mode: str | int = "bilinear", padding_mode: str | int = "zeros",
-                       align_corners: bool = False, layout: str = "nchw") -> np.ndarray:
+                       align_corners: bool = False, layout: str = "nchw", *,
+                       kernel: str = "fast", threads: int | None = None) -> np.ndarray:
     """grid_sample(x, affine_grid(theta [N,2,3], out_hw)) without materialising the grid."""
-    return _call("stn_affine_grid_sample_f32", x, theta, ("N", 2, 3), out_hw, mode,
-                 padding_mode, align_corners, layout)
+    return _call("affine", x, theta, ("N", 2, 3), out_hw, mode, padding_mode, align_corners,
+                 layout, kernel, threads)
 
 
 def projective_grid_sample(x: np.ndarray, h: np.ndarray, out_hw: tuple[int, int],
                            mode: str | int = "bilinear", padding_mode: str | int = "zeros",
-                           align_corners: bool = False, layout: str = "nchw") -> np.ndarray:
+                           align_corners: bool = False, layout: str = "nchw", *,
+                           kernel: str = "fast", threads: int | None = None) -> np.ndarray:
     """grid_sample at the source points (x, y)/z of homographies h [N,3,3] over the base grid."""
-    return _call("stn_projective_grid_sample_f32", x, h, ("N", 3, 3), out_hw, mode,
-                 padding_mode, align_corners, layout)
+    return _call("projective", x, h, ("N", 3, 3), out_hw, mode, padding_mode, align_corners,
+                 layout, kernel, threads)
+
+
+for _f in (grid_sample, affine_grid_sample, projective_grid_sample):
+    _f.__doc__ += _KERNEL_DOC

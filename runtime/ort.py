@@ -36,12 +36,23 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, dtype)
 
 
+_ONNX_TYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 2: "uint8",
+               9: "bool"}
+
+PLUGIN_ROUTES = ("native", "python")
+
+
 class OrtSession(Session):
     """Runs an ONNX file with onnxruntime.
 
     ``threads`` sets intra-op threads (default: all cores). ``session_hooks`` are called with
-    the ``SessionOptions`` before the model loads; the plugin package uses this to register
-    its CPU custom-op library for plugin-flavour graphs.
+    the ``SessionOptions`` before the model loads.
+
+    Plugin-flavour graphs (nodes in domain ``stn``) run by ``plugin_route``: ``"native"``
+    (default) splits the graph at the plugin nodes and runs our CPU kernels between ONNX Runtime
+    stages (:mod:`stn_deploy.runtime.ort_stages`, on ``threads`` threads); ``"python"`` leaves
+    the graph whole for onnxruntime-extensions' Python custom ops, which a session hook must
+    register (``stn_deploy.plugins.ort_ops.register``): the slower route, kept to compare with.
     """
 
     backend = "ort"
@@ -54,13 +65,18 @@ class OrtSession(Session):
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
         session_hooks: Sequence[Callable[[object], None]] = (),
+        plugin_route: str = "native",
     ) -> None:
         super().__init__()
+        if plugin_route not in PLUGIN_ROUTES:
+            raise ValueError(f"plugin_route must be one of {PLUGIN_ROUTES}, got {plugin_route!r}")
         self.model = model
         self.providers = list(providers)
         self.threads = threads
         self.session_hooks = list(session_hooks)
+        self.plugin_route = plugin_route
         self._sess = None
+        self._staged = None
 
     def _open(self) -> None:
         try:
@@ -81,8 +97,14 @@ class OrtSession(Session):
         for hook in self.session_hooks:
             hook(options)
         source = self.model if isinstance(self.model, bytes) else str(self.model)
+        staged = self.plugin_route == "native" and self._plugin_graph()
         try:
+            if staged:
+                self._open_staged(staged, options, ort)
+                return
             self._sess = ort.InferenceSession(source, options, providers=self.providers)
+        except SessionError:
+            raise
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             raise SessionError(
                 f"onnxruntime could not load the model: {exc}. "
@@ -91,12 +113,54 @@ class OrtSession(Session):
         self.inputs = tuple(_spec(a) for a in self._sess.get_inputs())
         self.outputs = tuple(_spec(a) for a in self._sess.get_outputs())
 
+    def _plugin_graph(self):
+        """The ModelProto when the graph has ``stn`` plugin nodes, else None."""
+        import onnx
+
+        from stn_deploy.runtime.ort_stages import has_plugin_nodes
+
+        try:
+            proto = (onnx.load_from_string(self.model) if isinstance(self.model, bytes)
+                     else onnx.load(str(self.model)))
+        except Exception as exc:  # a file ORT may still read is ORT's to judge
+            raise SessionError(f"could not read the ONNX model: {exc}") from exc
+        return proto if has_plugin_nodes(proto) else None
+
+    def _open_staged(self, proto, options, ort) -> None:
+        from stn_deploy.plugins.cpu import default_threads
+        from stn_deploy.runtime.ort_stages import StagedGraph
+
+        def make(model_bytes: bytes):
+            return ort.InferenceSession(model_bytes, options, providers=self.providers)
+
+        self._staged = StagedGraph(proto, make, self.threads or default_threads())
+        self.inputs = tuple(_value_spec(v) for v in proto.graph.input
+                            if v.name not in {i.name for i in proto.graph.initializer})
+        self.outputs = tuple(_value_spec(v) for v in proto.graph.output)
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            values = self._sess.run(None, feeds)
+            if self._staged is not None:
+                values = self._staged.run(feeds)
+            else:
+                values = self._sess.run(None, feeds)
+        except SessionError:
+            raise
         except Exception as exc:
             raise SessionError(f"onnxruntime failed to run the batch: {exc}") from exc
         return dict(zip(self.output_names, values))
 
     def _close(self) -> None:
         self._sess = None
+        self._staged = None
+
+
+def _value_spec(value) -> TensorSpec:
+    """TensorSpec of a graph input/output ValueInfoProto."""
+    tensor = value.type.tensor_type
+    dtype = _ONNX_TYPES.get(tensor.elem_type)
+    if dtype is None:
+        raise SessionError(f"tensor {value.name!r} has ONNX element type {tensor.elem_type}, "
+                           "which stn-deploy cannot feed")
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return TensorSpec(value.name, shape, dtype)

@@ -2,7 +2,8 @@
 
 The CPU library compiles the same __host__ __device__ functions as the CUDA kernels, so these
 tables check the kernels' math: every mode x padding x align_corners x dtype x shape, fresh
-random inputs each run.
+random inputs each run, through three code paths: the production kernels ("fast": threaded,
+vectorised), the one-pixel-at-a-time reference, and the reference's channels-last kHWC8 path.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ paddings = pytest.mark.parametrize("padding", PADDINGS)
 corners = pytest.mark.parametrize("align_corners", [False, True])
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float16])
 shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-# nchw: the linear-format kernels; hwc8: the channels-last (TensorRT kHWC8) kernels.
-layouts = pytest.mark.parametrize("layout", ["nchw", "hwc8"])
+# fast: the production NCHW kernels; reference: the linear-format reference loop; hwc8: the
+# reference's channels-last (TensorRT kHWC8) path.
+PATHS = {"fast": {}, "reference": {"kernel": "reference"}, "hwc8": {"layout": "hwc8"}}
+layouts = pytest.mark.parametrize("path", list(PATHS))
 
 
 def _input(rng, shape, dtype):
@@ -85,11 +88,11 @@ def _assert_close(y, ref, atol, skip=None):
 @dtypes
 @shapes
 @layouts
-def test_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, layout):
+def test_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, path):
     n, _, _, _, ho, wo = shape
     x = _input(rng, shape, dtype)
     grid = (rng.random((n, ho, wo, 2), dtype=np.float32) * 2.6 - 1.3).astype(dtype)
-    y = cpu.grid_sample(x, grid, mode, padding, align_corners, layout)
+    y = cpu.grid_sample(x, grid, mode, padding, align_corners, **PATHS[path])
     assert y.dtype == dtype
     ref = _reference(x, grid.astype(np.float32), mode, padding, align_corners)
     _assert_close(y, ref, _atol(dtype))
@@ -114,11 +117,11 @@ def _homography(rng, n):
 @dtypes
 @shapes
 @layouts
-def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, layout):
+def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dtype, shape, path):
     n, c, h, w, ho, wo = shape
     x = _input(rng, shape, dtype)
     theta = _theta(rng, n)
-    y = cpu.affine_grid_sample(x, theta, (ho, wo), mode, padding, align_corners, layout)
+    y = cpu.affine_grid_sample(x, theta, (ho, wo), mode, padding, align_corners, **PATHS[path])
     grid = F.affine_grid(torch.from_numpy(theta), [n, c, ho, wo], align_corners=align_corners)
     ref = _reference(x, grid, mode, padding, align_corners)
     skip = _near_rounding_boundary(grid, (h, w), align_corners) if mode == "nearest" else None
@@ -132,11 +135,12 @@ def test_affine_grid_sample_matches_torch(rng, mode, padding, align_corners, dty
 @shapes
 @layouts
 def test_projective_grid_sample_matches_reference(rng, mode, padding, align_corners, dtype,
-                                                  shape, layout):
+                                                  shape, path):
     n, _, h, w, ho, wo = shape
     x = _input(rng, shape, dtype)
     hom = _homography(rng, n)
-    y = cpu.projective_grid_sample(x, hom, (ho, wo), mode, padding, align_corners, layout)
+    y = cpu.projective_grid_sample(x, hom, (ho, wo), mode, padding, align_corners,
+                                   **PATHS[path])
     base = base_grid(ho, wo, align_corners=align_corners)
     grid = projective_grid(torch.from_numpy(hom), base, (ho, wo))
     ref = _reference(x, grid, mode, padding, align_corners)
@@ -148,12 +152,12 @@ def test_projective_grid_sample_matches_reference(rng, mode, padding, align_corn
 @paddings
 @corners
 @layouts
-def test_non_finite_and_huge_grid_values_match_torch(rng, mode, padding, align_corners, layout):
+def test_non_finite_and_huge_grid_values_match_torch(rng, mode, padding, align_corners, path):
     x = _input(rng, (2, 3, 6, 7), np.float32)
     values = rng.permutation(SPECIAL)
     grid = np.stack(np.meshgrid(values, rng.permutation(SPECIAL)), axis=-1)
     grid = np.broadcast_to(grid, (2, *grid.shape)).copy()
-    y = cpu.grid_sample(x, grid, mode, padding, align_corners, layout)
+    y = cpu.grid_sample(x, grid, mode, padding, align_corners, **PATHS[path])
     ref = _reference(x, grid, mode, padding, align_corners)
     np.testing.assert_allclose(y, ref, atol=FP32_ATOL, rtol=0, equal_nan=True)
     # Finite outputs are convex-ish combinations of input values: nothing read from outside.

@@ -109,6 +109,18 @@ def _compiler() -> str:
     )
 
 
+def _tuning_flags(cxx: str) -> list[str]:
+    """GCC on AMD x86: no hardware gathers (microcoded on Zen; the vectoriser's element-wise
+    loads ran the 32x3x64x64 bilinear sampling 1.3-1.8x faster here, same values)."""
+    if "clang" in Path(cxx).name:
+        return []
+    try:
+        amd = "AuthenticAMD" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return ["-mtune-ctrl=^use_gather"] if amd else []
+
+
 def library_path() -> Path:
     """Path of the CPU library for the current sources, compiling it if it is not there yet."""
     target = cpu_cache_dir() / f"libstn_gridsample_cpu-{_source_hash()}.so"
@@ -118,7 +130,8 @@ def library_path() -> Path:
     cxx = _compiler()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [cxx, *_FLAGS, "-o", str(out), str(SOURCE_DIR / "cpuGridSample.cpp")]
+        cmd = [cxx, *_FLAGS, *_tuning_flags(cxx), "-o", str(out),
+               str(SOURCE_DIR / "cpuGridSample.cpp")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise PluginBuildError(

@@ -21,6 +21,9 @@
 #include "cpuThreadPool.h"
 #include "gridSampleMath.h"
 
+#include <algorithm>
+#include <cstring>
+
 namespace stn
 {
 namespace cpu
@@ -49,7 +52,17 @@ struct ChunkTaps
     float wy[K][kCHUNK];
     int32_t offset[K * K][kCHUNK];
     int32_t valid[K * K][kCHUNK];
+    // Bilinear fast path: per tap row, the offset of an adjacent pair (px, px + 1) holding both
+    // column taps, and per column tap whether it is the pair's second element.
+    int32_t pairBase[2][kCHUNK];
+    int32_t useHigh[2][kCHUNK];
 };
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+constexpr bool kLITTLE_ENDIAN = true;
+#else
+constexpr bool kLITTLE_ENDIAN = false;
+#endif
 
 //! linearTaps / nearestTaps / cubicTaps of one coordinate up to setTap: the taps' coordinates
 //! and weights (padding mode and align_corners fixed at compile time, so the loops vectorise).
@@ -117,59 +130,125 @@ inline int32_t tapIndex(float c, float size)
     return static_cast<int32_t>(((c > -1.F) & (c < size)) ? c : 0.F);
 }
 
-//! Taps of output pixels (n, oy, ox0 .. ox0 + len - 1) in two vectorised loops: coordinates and
-//! weights, then offsets and validity. (In one loop, GCC folds padding's clamps into the
-//! validity tests and gives up on the resulting chain of boolean selects.)
-template <Source S, Interp M, Padding P, bool AC>
-inline void chunkTaps(Job const& job, int64_t n, int32_t oy, int32_t ox0, int32_t len,
-    ChunkTaps<AxisTaps<M, P, AC>::kK>& t)
+//! Where a chunk lies: `rows` whole output rows from (n, oy) when a row is at most kCHUNK pixels
+//! (small outputs such as 28x28 then still fill the vectors), else `cols` pixels of one row from
+//! column ox0. Its pixels are contiguous in the output plane either way.
+struct Chunk
 {
-    constexpr int kK = AxisTaps<M, P, AC>::kK;
+    int64_t n;
+    int32_t oy;
+    int32_t ox0;
+    int32_t rows;
+    int32_t cols;
+};
+
+//! Source points of a chunk's pixels: read from the grid, or computed from theta / the
+//! homography (the fused paths), one vectorised loop per row.
+template <Source S, bool AC>
+inline void chunkPoints(Job const& job, Chunk const& q, float* __restrict__ gx, float* __restrict__ gy)
+{
     GridSampleShape const& s = job.s;
-    float const* src = job.coords + n * sourceStride(S, s);
-    float const* grid = src + 2 * (static_cast<int64_t>(oy) * s.outW + ox0);
+    float const* src = job.coords + q.n * sourceStride(S, s);
+    if (S == Source::kGRID)
+    {
+        float const* grid = src + 2 * (static_cast<int64_t>(q.oy) * s.outW + q.ox0);
+        for (int32_t i = 0; i < q.rows * q.cols; ++i)  // STN_VECTORISED: points (grid)
+        {
+            gx[i] = grid[2 * i];
+            gy[i] = grid[2 * i + 1];
+        }
+        return;
+    }
     // A local copy: the compiler then knows the stores below cannot change the matrix.
     float m[9] = {};
-    if (S != Source::kGRID)
+    for (int k = 0; k < (S == Source::kAFFINE ? 6 : 9); ++k)
     {
-        for (int k = 0; k < (S == Source::kAFFINE ? 6 : 9); ++k)
-        {
-            m[k] = src[k];
-        }
+        m[k] = src[k];
     }
-    float const yt = baseCoordinate(oy, s.outH, AC);
-    int32_t const inW = s.inW;
-    int32_t const inH = s.inH;
-    for (int32_t i = 0; i < len; ++i)
+    for (int32_t r = 0; r < q.rows; ++r)
     {
-        float gx;
-        float gy;
-        if (S == Source::kGRID)
+        float const yt = baseCoordinate(q.oy + r, s.outH, AC);
+        float* __restrict__ rx = gx + r * q.cols;
+        float* __restrict__ ry = gy + r * q.cols;
+        for (int32_t i = 0; i < q.cols; ++i)  // STN_VECTORISED: points (affine, projective)
         {
-            gx = grid[2 * i];
-            gy = grid[2 * i + 1];
-        }
-        else if (S == Source::kAFFINE)
-        {
-            affinePoint(m, baseCoordinate(ox0 + i, s.outW, AC), yt, gx, gy);
-        }
-        else
-        {
-            projectivePoint(m, baseCoordinate(ox0 + i, s.outW, AC), yt, gx, gy);
-        }
-        AxisTaps<M, P, AC>::run(gx, inW, t.cx, t.wx, i);
-        AxisTaps<M, P, AC>::run(gy, inH, t.cy, t.wy, i);
-    }
-    float const fw = static_cast<float>(inW);
-    float const fh = static_cast<float>(inH);
-    for (int32_t i = 0; i < len; ++i)
-    {
-        for (int j = 0; j < kK; ++j)
-        {
-            for (int k = 0; k < kK; ++k)
+            float const xt = baseCoordinate(q.ox0 + i, s.outW, AC);
+            if (S == Source::kAFFINE)
             {
-                t.offset[j * kK + k][i] = tapIndex(t.cy[j][i], fh) * inW + tapIndex(t.cx[k][i], fw);
-                t.valid[j * kK + k][i] = tapValid(t.cy[j][i], fh) & tapValid(t.cx[k][i], fw);
+                affinePoint(m, xt, yt, rx[i], ry[i]);
+            }
+            else
+            {
+                projectivePoint(m, xt, yt, rx[i], ry[i]);
+            }
+        }
+    }
+}
+
+//! Tap coordinates and weights of a chunk's pixels, one vectorised loop. Offsets and validity
+//! come in another loop (chunkOffsets / chunkPairs): in one loop, GCC folds padding's clamps
+//! into the validity tests and gives up on the resulting chain of boolean selects.
+template <Source S, Interp M, Padding P, bool AC>
+inline void chunkCoordinates(Job const& job, Chunk const& q, ChunkTaps<AxisTaps<M, P, AC>::kK>& t)
+{
+    float gx[kCHUNK];
+    float gy[kCHUNK];
+    chunkPoints<S, AC>(job, q, gx, gy);
+    int32_t const inW = job.s.inW;
+    int32_t const inH = job.s.inH;
+    for (int32_t i = 0; i < q.rows * q.cols; ++i)  // STN_VECTORISED: tap coordinates
+    {
+        AxisTaps<M, P, AC>::run(gx[i], inW, t.cx, t.wx, i);
+        AxisTaps<M, P, AC>::run(gy[i], inH, t.cy, t.wy, i);
+    }
+}
+
+//! Plane offsets and validity of every tap pair (row j, column k) of a chunk.
+template <int K>
+inline void chunkOffsets(GridSampleShape const& s, int32_t len, ChunkTaps<K>& t)
+{
+    int32_t const inW = s.inW;
+    float const fw = static_cast<float>(s.inW);
+    float const fh = static_cast<float>(s.inH);
+    for (int32_t i = 0; i < len; ++i)  // STN_VECTORISED: offsets (not bicubic's 16)
+    {
+        for (int j = 0; j < K; ++j)
+        {
+            for (int k = 0; k < K; ++k)
+            {
+                t.offset[j * K + k][i] = tapIndex(t.cy[j][i], fh) * inW + tapIndex(t.cx[k][i], fw);
+                t.valid[j * K + k][i] = tapValid(t.cy[j][i], fh) & tapValid(t.cx[k][i], fw);
+            }
+        }
+    }
+}
+
+//! Bilinear taps as pairs (needs inW >= 2): the column taps x0 and x0 + 1 of a row sit in the
+//! adjacent pair (px, px + 1) with px = clamp(x0, 0, inW - 2), so one 8-byte load reads both.
+//! Where a tap is valid (0 <= x < inW) it is the pair's first element when x == px, else its
+//! second: x0 == inW - 1 reads the second element of (inW - 2, inW - 1), x0 + 1 == 0 (x0 = -1)
+//! the first of (0, 1). The load stays in the plane: px + 1 <= inW - 1.
+inline void chunkPairs(GridSampleShape const& s, int32_t len, ChunkTaps<2>& t)
+{
+    int32_t const inW = s.inW;
+    float const fw = static_cast<float>(s.inW);
+    float const fh = static_cast<float>(s.inH);
+    float const lastPair = static_cast<float>(s.inW - 2);
+    for (int32_t i = 0; i < len; ++i)  // STN_VECTORISED: bilinear pairs
+    {
+        float const x0 = t.cx[0][i];
+        // Selects rather than fmaxf/fminf (which GCC does not vectorise); a NaN x0 (its taps are
+        // invalid) loads pair 0.
+        float const above = x0 > 0.F ? x0 : 0.F;
+        int32_t const px = static_cast<int32_t>(above < lastPair ? above : lastPair);
+        t.useHigh[0][i] = (x0 > lastPair) ? -1 : 0;
+        t.useHigh[1][i] = (x0 < 0.F) ? 0 : -1;
+        for (int j = 0; j < 2; ++j)
+        {
+            t.pairBase[j][i] = tapIndex(t.cy[j][i], fh) * inW + px;
+            for (int k = 0; k < 2; ++k)
+            {
+                t.valid[j * 2 + k][i] = tapValid(t.cy[j][i], fh) & tapValid(t.cx[k][i], fw);
             }
         }
     }
@@ -182,7 +261,7 @@ inline void samplePixels(float const* __restrict__ plane, float* __restrict__ ds
     int32_t const (*__restrict__ offset)[kCHUNK], int32_t const (*__restrict__ valid)[kCHUNK],
     float const (*__restrict__ wx)[kCHUNK], float const (*__restrict__ wy)[kCHUNK])
 {
-    for (int32_t i = 0; i < len; ++i)
+    for (int32_t i = 0; i < len; ++i)  // STN_VECTORISED: sampling
     {
         float acc = 0.F;
         for (int j = 0; j < K; ++j)
@@ -200,6 +279,37 @@ inline void samplePixels(float const* __restrict__ plane, float* __restrict__ ds
     }
 }
 
+//! The bilinear fast path for one channel plane: two 8-byte loads per output value instead of
+//! four 4-byte ones, the same products and sums as samplePixels<2>.
+inline void samplePairs(float const* __restrict__ plane, float* __restrict__ dst, int32_t len,
+    int32_t const (*__restrict__ base)[kCHUNK], int32_t const (*__restrict__ useHigh)[kCHUNK],
+    int32_t const (*__restrict__ valid)[kCHUNK], float const (*__restrict__ wx)[kCHUNK],
+    float const (*__restrict__ wy)[kCHUNK])
+{
+    for (int32_t i = 0; i < len; ++i)  // STN_VECTORISED: bilinear sampling
+    {
+        float acc = 0.F;
+        for (int j = 0; j < 2; ++j)
+        {
+            uint64_t pair;
+            memcpy(&pair, plane + base[j][i], sizeof(pair));
+            uint32_t const low = static_cast<uint32_t>(pair);
+            uint32_t const high = static_cast<uint32_t>(pair >> 32);
+            uint32_t const bits0 = useHigh[0][i] ? high : low;
+            uint32_t const bits1 = useHigh[1][i] ? high : low;
+            float v0;
+            float v1;
+            memcpy(&v0, &bits0, sizeof(v0));
+            memcpy(&v1, &bits1, sizeof(v1));
+            float rowAcc = 0.F;
+            rowAcc += wx[0][i] * (valid[j * 2][i] ? v0 : 0.F);
+            rowAcc += wx[1][i] * (valid[j * 2 + 1][i] ? v1 : 0.F);
+            acc += wy[j][i] * rowAcc;
+        }
+        dst[i] = acc;
+    }
+}
+
 //! Rows [begin, end) of the flattened (n, oy) range.
 template <Source S, Interp M, Padding P, bool AC>
 void sampleRows(void* ctx, int64_t begin, int64_t end)
@@ -209,23 +319,48 @@ void sampleRows(void* ctx, int64_t begin, int64_t end)
     constexpr int kK = AxisTaps<M, P, AC>::kK;
     int64_t const inPlane = static_cast<int64_t>(s.inH) * s.inW;
     int64_t const outPlane = static_cast<int64_t>(s.outH) * s.outW;
+    int32_t const rowsPerChunk = s.outW <= kCHUNK && s.outW > 0 ? kCHUNK / s.outW : 1;
     ChunkTaps<kK> taps;
-    for (int64_t row = begin; row < end; ++row)
+    for (int64_t row = begin; row < end;)
     {
-        int64_t const n = row / s.outH;
-        int32_t const oy = static_cast<int32_t>(row - n * s.outH);
-        for (int32_t ox0 = 0; ox0 < s.outW; ox0 += kCHUNK)
+        Chunk q{row / s.outH, 0, 0, 1, 0};
+        q.oy = static_cast<int32_t>(row - q.n * s.outH);
+        // whole rows of one image, within [begin, end)
+        int64_t const rows = std::min<int64_t>({rowsPerChunk, end - row, s.outH - q.oy});
+        q.rows = static_cast<int32_t>(rows);
+        for (q.ox0 = 0; q.ox0 < s.outW || (s.outW == 0 && q.ox0 == 0); q.ox0 += kCHUNK)
         {
-            int32_t const len = s.outW - ox0 < kCHUNK ? s.outW - ox0 : kCHUNK;
-            chunkTaps<S, M, P, AC>(job, n, oy, ox0, len, taps);
-            int64_t const first = static_cast<int64_t>(oy) * s.outW + ox0;
+            q.cols = s.outW - q.ox0 < kCHUNK ? s.outW - q.ox0 : kCHUNK;
+            int32_t const len = q.rows * q.cols;
+            if (len == 0)
+            {
+                break;
+            }
+            chunkCoordinates<S, M, P, AC>(job, q, taps);
+            int64_t const first = static_cast<int64_t>(q.oy) * s.outW + q.ox0;
+            if constexpr (M == Interp::kBILINEAR && kLITTLE_ENDIAN)
+            {
+                if (s.inW >= 2)
+                {
+                    chunkPairs(s, len, taps);
+                    for (int32_t c = 0; c < s.channels; ++c)
+                    {
+                        int64_t const plane = q.n * s.channels + c;
+                        samplePairs(job.in + plane * inPlane, job.out + plane * outPlane + first, len,
+                            taps.pairBase, taps.useHigh, taps.valid, taps.wx, taps.wy);
+                    }
+                    continue;
+                }
+            }
+            chunkOffsets<kK>(s, len, taps);
             for (int32_t c = 0; c < s.channels; ++c)
             {
-                int64_t const plane = n * s.channels + c;
+                int64_t const plane = q.n * s.channels + c;
                 samplePixels<kK>(job.in + plane * inPlane, job.out + plane * outPlane + first, len, taps.offset,
                     taps.valid, taps.wx, taps.wy);
             }
         }
+        row += rows;
     }
 }
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from stn_deploy.runtime.session import SessionError
 
-__all__ = ["PLUGIN_DOMAIN", "has_plugin_nodes", "StagedGraph"]
+__all__ = ["PLUGIN_DOMAIN", "has_plugin_nodes", "StagedGraph", "PluginCall"]
 
 PLUGIN_DOMAIN = "stn"
 
@@ -60,7 +60,7 @@ def _reads(node) -> list[str]:
 
 
 @dataclass
-class _Plugin:
+class PluginCall:
     """One plugin node: its op, tensors and attributes, checked and ready to call."""
 
     op_type: str
@@ -74,6 +74,7 @@ class _Plugin:
     out_hw: tuple[int, int] | None  # None: from the grid's shape
 
     def run(self, env: dict[str, np.ndarray], threads: int) -> None:
+        """Read X and the coordinates from ``env``, write Y there."""
         from stn_deploy.plugins import cpu
 
         x, coords = env[self.x], env[self.coords]
@@ -100,13 +101,13 @@ class _Stage:
     """Ordinary nodes run by one ONNX Runtime session, then the plugin nodes they feed."""
 
     nodes: list = field(default_factory=list)
-    plugins: list[_Plugin] = field(default_factory=list)
+    plugins: list[PluginCall] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     session: object = None
 
 
-def _plugin(node) -> _Plugin:
+def _plugin(node) -> PluginCall:
     from onnx import helper
 
     from stn_deploy.plugins import names
@@ -132,7 +133,7 @@ def _plugin(node) -> _Plugin:
     out_hw = None
     if source:
         out_hw = (int(attrs[names.ATTR_OUT_HEIGHT]), int(attrs[names.ATTR_OUT_WIDTH]))
-    return _Plugin(node.op_type, node.input[0], node.input[1], node.output[0], source, mode,
+    return PluginCall(node.op_type, node.input[0], node.input[1], node.output[0], source, mode,
                    padding, int(bool(attrs[names.ATTR_ALIGN_CORNERS])), out_hw)
 
 
@@ -206,7 +207,6 @@ class StagedGraph:
         return types
 
     def _stage_model(self, stage: _Stage):
-        import onnx
         from onnx import helper
 
         if not hasattr(self, "_type_map"):
@@ -231,19 +231,24 @@ class StagedGraph:
         opsets = [o for o in self.model.opset_import if o.domain != PLUGIN_DOMAIN]
         out = helper.make_model(sub, opset_imports=opsets, ir_version=self.model.ir_version)
         out.functions.extend(self.model.functions)
-        onnx.checker.check_model(out)
         return out
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, feeds: dict[str, np.ndarray],
-            output_names: Sequence[str] | None = None) -> list[np.ndarray]:
-        """The graph's outputs (or ``output_names``) for ``feeds``, in order."""
+    def run(self, feeds: dict[str, np.ndarray], output_names: Sequence[str] | None = None,
+            trace: list | None = None) -> list[np.ndarray]:
+        """The graph's outputs (or ``output_names``) for ``feeds``, in order.
+
+        ``trace``, when given, receives ``(plugin, X, coordinates)`` of every plugin call
+        (the benchmark times the kernels on exactly these arrays).
+        """
         env: dict[str, np.ndarray] = dict(feeds)
         for stage in self.stages:
             if stage.session is not None:
                 values = stage.session.run(stage.outputs, {n: env[n] for n in stage.inputs})
                 env.update(zip(stage.outputs, values))
             for plugin in stage.plugins:
+                if trace is not None:
+                    trace.append((plugin, env[plugin.x], env[plugin.coords]))
                 plugin.run(env, self.threads)
         names = self.output_names if output_names is None else list(output_names)
         constants = {i.name: i for i in self.model.graph.initializer}

@@ -1,8 +1,12 @@
 """The ``bench`` subcommand: CPU latency/throughput of PyTorch, torch.compile and ONNX Runtime.
 
 Backends: ``torch`` (eager), ``compile`` (torch.compile; its error is reported if it cannot run
-here), ``ort`` (our standard-flavour export) and ``ort-default`` (the same model exported with
-plain ``torch.onnx.export(dynamo=True)`` defaults at opset 20: the comparison baseline).
+here), ``ort`` (our standard-flavour export), ``ort-plugin`` (the plugin flavour: ONNX Runtime
+with our CPU kernels for the plugin nodes, :mod:`stn_deploy.runtime.ort_stages`),
+``ort-plugin-py`` (the same graph through onnxruntime-extensions' Python custom ops, to compare
+routes) and ``ort-default`` (the same model exported with plain ``torch.onnx.export(dynamo=True)``
+defaults at opset 20: the comparison baseline). The realistic-STN suite is
+``bench/cpu_realistic.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import numpy as np
 
 __all__ = ["register", "run_bench", "TARGETS", "BACKENDS", "check_targets"]
 
-BACKENDS = ("torch", "compile", "ort", "ort-default")
+BACKENDS = ("torch", "compile", "ort", "ort-plugin", "ort-default")
+# Not in the default list: the slow route, measured by bench/cpu_realistic.py's per-call section.
+EXTRA_BACKENDS = ("ort-plugin-py",)
 # On a GPU machine with TensorRT: the built-in GridSample layer vs our plugin (not default).
 TRT_BACKENDS = ("trt-builtin", "trt-plugin")
 DEFAULT_BATCHES = (1, 8, 64, 256)
@@ -36,7 +42,7 @@ def register(sub) -> None:
                    help=f"checkpoint directory or shipped name (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCHES)))
     p.add_argument("--backends", default=",".join(BACKENDS),
-                   help=f"comma list of {BACKENDS + TRT_BACKENDS}")
+                   help=f"comma list of {BACKENDS + EXTRA_BACKENDS + TRT_BACKENDS}")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per backend and batch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all)")
     p.add_argument("--out", help="JSON file to write (e.g. bench/results/cpu.json)")
@@ -69,17 +75,37 @@ def _sessions(model, shape, backends, workdir: Path, threads: int | None, prebui
             elif name == "ort":
                 path = export_module(model, shape, workdir / "ort.onnx").path
                 out[name] = OrtSession(path, threads=threads)
+            elif name in ("ort-plugin", "ort-plugin-py"):
+                out[name] = _plugin_session(name, model, shape, workdir, threads, prebuilt)
             elif name == "ort-default":
                 path = export_plain(model, shape, workdir / "ort-default.onnx", opset=20)
                 out[name] = OrtSession(path, threads=threads)
             else:
                 raise ValueError(
-                    f"unknown backend {name!r}; choose from {BACKENDS + TRT_BACKENDS}"
+                    f"unknown backend {name!r}; choose from "
+                    f"{BACKENDS + EXTRA_BACKENDS + TRT_BACKENDS}"
                 )
             out[name].open()
         except Exception as exc:  # noqa: BLE001 - reported in the table as "unavailable: ..."
             out[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
     return out
+
+
+def _plugin_session(name, model, shape, workdir: Path, threads: int | None, prebuilt: dict):
+    """The plugin-flavour graph on ONNX Runtime: our kernels (native) or the Python custom ops."""
+    from stn_deploy.export.onnx_export import export_module
+    from stn_deploy.runtime import OrtSession
+
+    path = prebuilt.get("ort-plugin") or prebuilt.get("ort-plugin-py")
+    if path is None:
+        path = export_module(model, shape, workdir / "ort-plugin.onnx", flavour="plugin").path
+        prebuilt["ort-plugin"] = path
+    if name == "ort-plugin":
+        return OrtSession(path, threads=threads)
+    from stn_deploy.plugins import ort_ops
+
+    return OrtSession(path, threads=threads, session_hooks=[ort_ops.register],
+                      plugin_route="python")
 
 
 def run_bench(
@@ -95,7 +121,8 @@ def run_bench(
 ):
     """Measure every backend at every batch size; returns a list of BenchRow.
 
-    ``prebuilt`` maps an ONNX backend name ('ort', 'ort-default') to a file already exported.
+    ``prebuilt`` maps an ONNX backend name ('ort', 'ort-plugin', 'ort-default') to a file
+    already exported.
     """
     from stn_deploy.runtime.bench import BenchRow, measure_interleaved
 

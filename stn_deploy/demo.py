@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["register", "run_demo", "STEPS", "DemoState", "Skipped"]
+__all__ = ["register", "run_demo", "STEPS", "DemoState", "Skipped", "served_flavour"]
 
 DEFAULT_CHECKPOINT = "tutorial-R"
 DEFAULT_OUT = "out/demo"
@@ -113,13 +113,31 @@ def step_bench(state: DemoState) -> str:
     from stn_deploy.runtime.bench import format_table
 
     prebuilt = {"ort": state.exports["standard"].path}
+    backends = ["torch", "ort", "ort-default"]
+    if "plugin" in state.exports:
+        prebuilt["ort-plugin"] = state.exports["plugin"].path
+        backends.insert(2, "ort-plugin")
     state.bench_rows = run_bench(
-        state.loaded.model, state.loaded.input_shape, backends=("torch", "ort", "ort-default"),
+        state.loaded.model, state.loaded.input_shape, backends=backends,
         batch_sizes=BENCH_BATCHES, min_time=state.bench_time, prebuilt=prebuilt,
     )
-    return "CPU latency (ort = ours, ort-default = plain opset-20 export)\n" + "\n".join(
+    return ("CPU latency (ort = ours, ort-plugin = ours with our CPU kernels for the plugin nodes, "
+            "ort-default = plain opset-20 export)\n") + "\n".join(
         "    " + line for line in format_table(state.bench_rows).splitlines()
     )
+
+
+def served_flavour(state: DemoState) -> tuple[str, str]:
+    """The flavour the serve step uses, and why: the faster ONNX Runtime flavour in the bench
+    step at its largest batch (what a loaded server runs), else the standard flavour."""
+    largest = max(BENCH_BATCHES)
+    p50 = {r.backend: r.stats.p50_ms for r in state.bench_rows
+           if r.batch == largest and r.stats is not None}
+    if "plugin" not in state.exports or "ort-plugin" not in p50 or "ort" not in p50:
+        return "standard", "the plugin flavour was not measured"
+    faster = "plugin" if p50["ort-plugin"] < p50["ort"] else "standard"
+    return faster, (f"faster at batch {largest}: plugin {p50['ort-plugin']:.3f} ms, standard "
+                    f"{p50['ort']:.3f} ms")
 
 
 def _figure(inputs, rows: dict[str, np.ndarray], path: Path, title: str, labels=None) -> Path:
@@ -201,8 +219,9 @@ def step_serve(state: DemoState) -> str:
     for q in quiet:
         q.setLevel(logging.WARNING)
     try:
+        flavour, why = served_flavour(state)
         result = demo_serve(
-            state.exports["standard"].path, name=state.loaded.name, n_requests=SERVE_REQUESTS,
+            state.exports[flavour].path, name=state.loaded.name, n_requests=SERVE_REQUESTS,
             backend="ort", echo=False, images=images[pick], labels=labels[pick],
         )
     finally:
@@ -214,6 +233,7 @@ def step_serve(state: DemoState) -> str:
     acc = result.get("accuracy")
     acc_text = "" if acc is None else f", accuracy {acc:.0%}"
     return (
+        f"{flavour} flavour ({why}); "
         f"{SERVE_REQUESTS} KServe v2 requests via tritonclient to {result['url']}: "
         f"answers {result['answers']} match the local session{acc_text}; "
         f"latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"

@@ -4,7 +4,9 @@
 exported to ONNX once, into a cache keyed by the checkpoint's bytes and the exporter's source,
 with ``theta`` and ``warped`` beside ``logits`` when the model has a spatial transformer. The
 backend is picked from the file and what this machine has (TensorRT with a GPU, else ONNX
-Runtime on the CPU; PyTorch on request).
+Runtime on the CPU; PyTorch on request). On ONNX Runtime a checkpoint can be served in either
+ONNX flavour; ``flavour="auto"`` times both on this machine and serves the faster
+(:func:`choose_flavour`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ __all__ = [
     "checkpoint_onnx",
     "transformer_outputs",
     "default_ort_threads",
+    "choose_flavour",
+    "is_checkpoint",
+    "FLAVOURS",
     "resolve_model",
     "open_served",
 ]
@@ -32,6 +37,7 @@ log = logging.getLogger("stn_deploy.serve")
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 EXTRA_OUTPUTS = ("theta", "warped")
+FLAVOURS = ("auto", "standard", "plugin")
 
 
 class ServeError(StnDeployError):
@@ -83,12 +89,16 @@ def _checkpoint_dir(ckpt: str | os.PathLike) -> Path:
         ) from None
 
 
-def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=None) -> Path:
+def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=None, flavour: str = "standard") -> Path:
     """Export a checkpoint to ONNX once; the cache key hashes its files and the exporter's.
 
     ``extra_outputs`` None: ``theta`` and ``warped`` beside ``logits`` when the model has a
     spatial transformer (:func:`transformer_outputs`), ``logits`` alone when it has none.
+    ``flavour``: "standard" or "plugin" (the plugin nodes run on ONNX Runtime through our CPU
+    kernels, :mod:`stn_deploy.runtime.ort_stages`).
     """
+    if flavour not in FLAVOURS[1:]:
+        raise ServeError(f"flavour {flavour!r} is not one of {FLAVOURS[1:]}")
     ckpt_dir = _checkpoint_dir(ckpt)
     digest = hashlib.sha256()
     for f in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
@@ -100,6 +110,8 @@ def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=None) -> Path:
     for f in sorted(Path(stn_deploy.export.__file__).parent.glob("*.py")):
         digest.update(f.read_bytes())
     tag = "auto" if extra_outputs is None else "-".join(extra_outputs) or "logits"
+    if flavour != "standard":
+        tag += f"-{flavour}"
     out = _cache_dir() / f"{ckpt_dir.name}-{digest.hexdigest()[:16]}-{tag}.onnx"
     if not out.is_file():
         from stn_deploy.export.onnx_export import export_checkpoint
@@ -111,9 +123,47 @@ def checkpoint_onnx(ckpt: str | os.PathLike, extra_outputs=None) -> Path:
             extra_outputs = transformer_outputs(loaded.model, loaded.input_shape)
         log.info("exporting %s to %s", ckpt_dir, out)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        export_checkpoint(ckpt_dir, tmp, extra_outputs=tuple(extra_outputs))
+        export_checkpoint(ckpt_dir, tmp, extra_outputs=tuple(extra_outputs), flavour=flavour)
         os.replace(tmp, out)
     return out
+
+
+def choose_flavour(ckpt: str | os.PathLike, threads: int | None, batch: int = 64,
+                   min_time: float = 0.4) -> tuple[str, dict]:
+    """The faster ONNX flavour of a checkpoint on this machine, and the timings that decided.
+
+    Both flavours are exported (cached) and timed in interleaved rounds at batch 1 and at
+    ``batch`` (a server's largest batch); the faster at ``batch`` wins (under load a server runs
+    full batches; at batch 1 the two differ by tens of microseconds either way), the standard
+    flavour on a tie. A plugin flavour that cannot be exported or run here is reported and the
+    standard flavour served.
+    """
+    import numpy as np
+
+    from stn_deploy.runtime.bench import measure_interleaved
+    from stn_deploy.runtime.ort import OrtSession
+
+    paths = {"standard": checkpoint_onnx(ckpt)}
+    try:
+        paths["plugin"] = checkpoint_onnx(ckpt, flavour="plugin")
+    except Exception as exc:  # noqa: BLE001 - the standard flavour still serves
+        return "standard", {"plugin": f"unavailable: {type(exc).__name__}: {exc}"}
+    sessions = {f: OrtSession(p, threads=threads or default_ort_threads()).open()
+                for f, p in paths.items()}
+    try:
+        shape = sessions["standard"].inputs[0].shape[1:]
+        timings: dict = {}
+        for b in sorted({1, max(1, int(batch))}):
+            x = np.random.default_rng(0).random((b, *shape), dtype=np.float32)
+            got = measure_interleaved(sessions, x, min_time=min_time)
+            timings[b] = {f: (v.p50_ms if not isinstance(v, str) else v) for f, v in got.items()}
+    finally:
+        for session in sessions.values():
+            session.close()
+    at_batch = timings[max(timings)]
+    if isinstance(at_batch["plugin"], str):
+        return "standard", timings
+    return ("plugin" if at_batch["plugin"] < at_batch["standard"] else "standard"), timings
 
 
 def transformer_outputs(model, input_shape: tuple[int, ...]) -> tuple[str, ...]:
@@ -217,13 +267,26 @@ def _with_extras(model):
     return WithExtras()
 
 
-def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int | None = None):
-    """(name, open Session, backend) for MODEL: a checkpoint dir, an .onnx file or an engine."""
+def is_checkpoint(model: str | os.PathLike) -> bool:
+    """MODEL names a checkpoint (a directory, or a shipped name) rather than a file."""
+    path = Path(model)
+    return path.is_dir() or (not path.suffix and not path.exists())
+
+
+def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int | None = None,
+                  flavour: str = "standard", max_batch: int = 64):
+    """(name, open Session, backend) for MODEL: a checkpoint dir, an .onnx file or an engine.
+
+    ``flavour`` picks the ONNX flavour a checkpoint is served in on ONNX Runtime ("auto":
+    :func:`choose_flavour` at ``max_batch``); an ONNX file or engine is served as it is.
+    """
+    if flavour not in FLAVOURS:
+        raise ServeError(f"--flavour must be one of {FLAVOURS}, got {flavour!r}")
     from stn_deploy.runtime.backends import open_session
 
     path = Path(model)
     backend = pick_backend(model, backend)
-    is_ckpt = path.is_dir() or (not path.suffix and not path.exists())
+    is_ckpt = is_checkpoint(model)
     if backend == "torch":
         if not is_ckpt:
             raise ServeError(f"--backend torch needs a checkpoint directory, got {model}")
@@ -236,7 +299,10 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
             "--out model.onnx && stn-deploy build model.onnx --out model.engine"
         )
     if is_ckpt:
-        path = checkpoint_onnx(model)
+        if flavour == "auto" and backend == "ort":
+            flavour, timings = choose_flavour(model, threads, max_batch)
+            log.info("flavour auto: serving the %s flavour (p50 ms by batch: %s)", flavour, timings)
+        path = checkpoint_onnx(model, flavour="standard" if flavour == "auto" else flavour)
     elif not path.is_file():
         raise ServeError(f"MODEL {model} does not exist (a checkpoint dir, .onnx or engine)")
     options = {}
@@ -245,9 +311,10 @@ def resolve_model(model: str | os.PathLike, backend: str = "auto", threads: int 
     return model_name(model), open_session(path, backend, **options), backend
 
 
-def open_served(model: str, backend: str, threads: int | None, name: str | None):
+def open_served(model: str, backend: str, threads: int | None, name: str | None,
+                flavour: str = "standard"):
     """A ServedModel for MODEL, opened here (each ``--workers`` process calls this itself)."""
     from stn_deploy.runtime.serving.config import ServedModel
 
-    resolved_name, session, _ = resolve_model(model, backend, threads)
+    resolved_name, session, _ = resolve_model(model, backend, threads, flavour)
     return ServedModel(name or resolved_name, session)

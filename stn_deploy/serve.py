@@ -18,11 +18,15 @@ from pathlib import Path
 
 from stn_deploy.model_source import (
     ENGINE_SUFFIXES,
+    FLAVOURS,
     ServeError,
     checkpoint_onnx,
+    choose_flavour,
     default_ort_threads,
+    is_checkpoint,
     model_name,
     open_served,
+    pick_backend,
     resolve_model,
 )
 
@@ -58,14 +62,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ServeError(_as_flags(str(exc))) from None
     threads = args.threads or (default_ort_threads(args.workers) if args.workers > 1 else None)
+    flavour = _flavour(args, threads)
     # Opened here even with --workers: bad input fails once, before any worker starts, and a
     # checkpoint is exported to ONNX once (the workers find it in the cache).
-    name, session, _ = resolve_model(args.model, args.backend, threads)
+    name, session, _ = resolve_model(args.model, args.backend, threads, flavour)
     if args.workers > 1:
         from stn_deploy.runtime.serving.workers import serve_workers
 
         session.close()
-        opener = functools.partial(open_served, args.model, args.backend, threads, args.name)
+        opener = functools.partial(open_served, args.model, args.backend, threads, args.name,
+                                   flavour)
         setup = functools.partial(configure_json_logging, level)
         serve_workers(opener, config, args.workers, setup if args.log_format == "json" else None)
         return 0
@@ -74,6 +80,21 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+def _flavour(args: argparse.Namespace, threads: int | None) -> str:
+    """The ONNX flavour to serve a checkpoint in: --flavour, or with "auto" (the default) the
+    faster of the two on this machine at --max-batch, decided once (workers get the answer)."""
+    if args.flavour not in FLAVOURS:
+        raise ServeError(f"--flavour must be one of {FLAVOURS}, got {args.flavour!r}")
+    if args.flavour != "auto":
+        return args.flavour
+    if not is_checkpoint(args.model) or pick_backend(args.model, args.backend) != "ort":
+        return "standard"  # an .onnx file or engine is served as it is
+    flavour, timings = choose_flavour(args.model, threads, args.max_batch)
+    log.info("--flavour auto: serving the %s flavour (p50 ms by batch size: %s)", flavour,
+             timings)
+    return flavour
 
 
 def _engine_onnx(engine: Path, max_batch: int) -> Path | None:
@@ -183,6 +204,13 @@ def register(subparsers) -> None:
         type=int,
         help="also serve KServe v2 gRPC (GRPCInferenceService, as Triton) on this port, e.g. "
         "8001 (0: any free port); needs the grpc extra: pip install 'stn-deploy[grpc]'",
+    )
+    p.add_argument(
+        "--flavour",
+        choices=FLAVOURS,
+        default="auto",
+        help="ONNX flavour a checkpoint is served in on ONNX Runtime; auto (default): time both "
+        "at --max-batch on this machine and serve the faster",
     )
     p.add_argument("--name", help="model name (default: checkpoint folder name or file stem)")
     p.add_argument("--max-batch", type=int, default=64, help="samples per backend call")

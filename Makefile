@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench verify-zoo gpu-check trt-check plugins serve-bench clean
+.PHONY: demo test lint bench bench-realistic verify-zoo gpu-check trt-check plugins serve-bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 # CPU benchmark of the tutorial STN: eager vs torch.compile vs our ONNX vs the plain opset-20 ONNX.
 bench: $(STAMP)
 	$(VENV)/bin/stn-deploy bench --out bench/results/cpu-tutorial-R.json --plot bench/results/cpu-tutorial-R.png
+
+# The realistic STNs (28x28 to 3x64x256, batch 1 and 32, one and two threads): eager,
+# torch.compile, ONNX Runtime standard and plugin flavour; the kernels in GB/s against memcpy.
+bench-realistic: $(STAMP)
+	$(PY) bench/cpu_realistic.py --out bench/results/cpu-realistic.json --plot bench/results/cpu-realistic.png
 
 # Every shipped checkpoint and transformer type, both flavours and fp16, verified on ORT.
 verify-zoo: $(STAMP)

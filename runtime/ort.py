@@ -50,7 +50,9 @@ class OrtSession(Session):
 
     Plugin-flavour graphs (nodes in domain ``stn``) run by ``plugin_route``: ``"native"``
     (default) splits the graph at the plugin nodes and runs our CPU kernels between ONNX Runtime
-    stages (:mod:`stn_deploy.runtime.ort_stages`, on ``threads`` threads); ``"python"`` leaves
+    stages (:mod:`stn_deploy.runtime.ort_stages`, on ``threads`` threads; with more than one,
+    the stages' idle workers sleep instead of spinning unless a hook says otherwise, because the
+    kernels need those cores between stages); ``"python"`` leaves
     the graph whole for onnxruntime-extensions' Python custom ops, which a session hook must
     register (``stn_deploy.plugins.ort_ops.register``): the slower route, kept to compare with.
     """
@@ -130,10 +132,15 @@ class OrtSession(Session):
         from stn_deploy.plugins.cpu import default_threads
         from stn_deploy.runtime.ort_stages import StagedGraph
 
+        threads = self.threads or default_threads()
+        if threads > 1 and not _has_config(options, _SPINNING):
+            # Between stages our kernels run on these cores; ORT's idle workers would spin there.
+            options.add_session_config_entry(_SPINNING, "0")
+
         def make(model_bytes: bytes):
             return ort.InferenceSession(model_bytes, options, providers=self.providers)
 
-        self._staged = StagedGraph(proto, make, self.threads or default_threads())
+        self._staged = StagedGraph(proto, make, threads)
         self.inputs = tuple(_value_spec(v) for v in proto.graph.input
                             if v.name not in {i.name for i in proto.graph.initializer})
         self.outputs = tuple(_value_spec(v) for v in proto.graph.output)
@@ -153,6 +160,17 @@ class OrtSession(Session):
     def _close(self) -> None:
         self._sess = None
         self._staged = None
+
+
+_SPINNING = "session.intra_op.allow_spinning"
+
+
+def _has_config(options, key: str) -> bool:
+    try:
+        options.get_session_config_entry(key)
+    except RuntimeError:  # ORT's way of saying the key is not set
+        return False
+    return True
 
 
 def _value_spec(value) -> TensorSpec:

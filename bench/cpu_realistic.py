@@ -129,7 +129,10 @@ def evaluate_targets(record: dict) -> list[dict]:
     for threads in sorted({r["threads"] for r in record["rows"]}):
         p50 = {(r["backend"], r["batch"]): r.get("p50_ms") for r in record["rows"]
                if r["threads"] == threads}
+        batches = {r["batch"] for r in record["rows"]}
         for baseline, batch, need in TARGETS:
+            if batch not in batches:
+                continue
             mine, base = p50.get(("ort-plugin", batch)), p50.get((baseline, batch))
             got = None if not mine or not base else base / mine
             out.append({"model": record["name"], "threads": threads, "batch": batch,

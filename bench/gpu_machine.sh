@@ -11,7 +11,7 @@
 #    streams, graphs per batch size, threads) on the real GPU with both CUDA bindings;
 # 4. bench/gpu_models.py: whole models (three checkpoints and an OCR TPS rectifier) at batch 1
 #    and 64, eager / torch.compile / reduce-overhead / our kernels swapped in, with and without
-#    a CUDA graph, each checked against eager; budgeted to ~2.5 minutes (--budget-s).
+#    a CUDA graph, each checked against eager; budgeted to 3 minutes (--budget-s).
 # Writes the gpu_check and gpu_models JSON, the pytest junit XML and a log to OUT_DIR; prints
 # a summary last. Exit status: 0 only if every step passed. With our venv: make gpu-check.
 # Extra arguments per script: GPU_CHECK_ARGS, GPU_MODELS_ARGS (e.g. --dry-run on a CPU).

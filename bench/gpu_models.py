@@ -327,9 +327,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32,float16")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5; dry: 2)")
     p.add_argument("--iters", type=int, default=None, help="calls per round (20; dry: 2)")
-    p.add_argument("--budget-s", type=float, default=150.0,
+    p.add_argument("--budget-s", type=float, default=180.0,
                    help="start no new combo this many seconds after the start")
-    p.add_argument("--compile-budget-s", type=float, default=100.0,
+    p.add_argument("--compile-budget-s", type=float, default=130.0,
                    help="compile no more after torch.compile took this long in all")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--arch", default=None, help="TORCH_CUDA_ARCH_LIST for the extension")

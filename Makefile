@@ -46,7 +46,8 @@ trt-check: $(STAMP)
 	$(PY) bench/trt_check.py
 
 # GPU machines only: kernels as a PyTorch CUDA extension vs F.grid_sample, eager and torch.compile,
-# then the gpu-marked tests (TrtSession's CUDA side). Without the venv: bash bench/gpu_machine.sh.
+# then the gpu-marked tests (TrtSession's CUDA side), then whole models with our kernels swapped in
+# (bench/gpu_models.py). Without the venv: bash bench/gpu_machine.sh.
 gpu-check: $(STAMP)
 	PYTHON=$(PY) bash bench/gpu_machine.sh bench/results
 

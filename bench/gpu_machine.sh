@@ -8,9 +8,13 @@
 # 2. bench/gpu_check.py: the kernels as a PyTorch CUDA extension against F.grid_sample (float64
 #    reference) on fresh random inputs, then timed against eager PyTorch and torch.compile;
 # 3. the pytest GPU tests: the kernels again, and TrtSession's CUDA side (pinned buffers,
-#    streams, graphs per batch size, threads) on the real GPU with both CUDA bindings.
-# Writes the gpu_check JSON, the pytest junit XML and a log to OUT_DIR; prints a summary last.
-# Exit status: 0 only if every step passed. With our venv instead: make gpu-check.
+#    streams, graphs per batch size, threads) on the real GPU with both CUDA bindings;
+# 4. bench/gpu_models.py: whole models (three checkpoints and an OCR TPS rectifier) at batch 1
+#    and 64, eager / torch.compile / reduce-overhead / our kernels swapped in, with and without
+#    a CUDA graph, each checked against eager; budgeted to 3 minutes (--budget-s).
+# Writes the gpu_check and gpu_models JSON, the pytest junit XML and a log to OUT_DIR; prints
+# a summary last. Exit status: 0 only if every step passed. With our venv: make gpu-check.
+# Extra arguments per script: GPU_CHECK_ARGS, GPU_MODELS_ARGS (e.g. --dry-run on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:-bench/results}" && cd "${1:-bench/results}" && pwd)
@@ -58,6 +62,7 @@ if [ "${skipped:-0}" != 0 ]; then
     summary+=("pytest skipped $skipped GPU tests (see the log for why): counted as a failure")
     status=1
 fi
+step "gpu_models.py" 240 "$PY" bench/gpu_models.py --out "$OUT" ${GPU_MODELS_ARGS:-}
 
 echo "==== summary"
 printf '%s\n' "${summary[@]}"

@@ -1,4 +1,4 @@
-"""Timers for bench/gpu_check.py: CUDA events per call, CUDA-graph replays, the copy ceiling.
+"""Timers for bench/gpu_check.py and gpu_models.py: CUDA events, graph replays, copy ceiling.
 
 Per-call events measure what a caller of the kernel sees, host launch cost included when the
 GPU waits for it; a graph of many calls replayed measures the GPU's own time per call, the
@@ -73,3 +73,26 @@ def graph_us(fn, device, calls: int = 20, replays: int = 20) -> float | None:
     except RuntimeError:
         return None
     return measure(graph.replay, device, replays, warmup=2) / calls
+
+
+def latency_us(fn, device, iters: int, warmup: int = 2) -> float:
+    """Median microseconds per call as a caller waits for it: each call starts on an idle GPU.
+
+    The device is synchronised before each call, so the CUDA events around it take in the host's
+    launch cost (a launch-bound model's real latency), not only the GPU's work.
+    """
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        return _timer(device)(fn, iters)
+    start = torch.cuda.Event(enable_timing=True)
+    stop = torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop) * 1e3)
+    return statistics.median(samples)

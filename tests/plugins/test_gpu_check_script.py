@@ -98,17 +98,22 @@ def test_without_a_gpu_the_real_run_refuses_with_the_fix(tmp_path):
 def test_gpu_machine_script_runs_every_step_and_fails_when_gpu_tests_skip(tmp_path):
     """bench/gpu_machine.sh, the one call a GPU machine gets: every step runs and is summarised,
     and GPU tests that skipped (here: no GPU) make it fail instead of passing silently."""
-    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": "--dry-run --seed 1"}
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_ARGS": "--dry-run --seed 1",
+           # the whole dry-run table is test_gpu_models_script's; here the step only has to run
+           "GPU_MODELS_ARGS": "--dry-run --models tutorial-R,ocr-tps --batches 1 --dtypes float32"}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_machine.sh"), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    for step in ("import stn_deploy", "gpu_check.py", "pytest -m gpu"):
+    for step in ("import stn_deploy", "gpu_check.py", "pytest -m gpu", "gpu_models.py"):
         assert re.search(rf"^{re.escape(step)} +rc=0 ", out, flags=re.M), out[-3000:]
     assert re.search(r"pytest skipped \d+ GPU tests .*counted as a failure", out)
     assert out.rstrip().endswith("gpu_machine: FAIL")
     log = (tmp_path / "gpu_machine.log").read_text()
     assert re.findall(r"^==== (\w.*)$", log, flags=re.M) == [
-        "import stn_deploy", "gpu_check.py", "pytest -m gpu", "summary"]
+        "import stn_deploy", "gpu_check.py", "pytest -m gpu", "gpu_models.py", "summary"]
     assert len(list(tmp_path.glob("gpu_check-dry-run-*.json"))) == 1
+    (models,) = tmp_path.glob("gpu_models-dry-run-*.json")
+    assert [r["model"] for r in json.loads(models.read_text())["results"]] == [
+        "tutorial-R", "ocr-tps"]
     assert 'skipped="0"' not in (tmp_path / "pytest-gpu.xml").read_text()

@@ -318,8 +318,12 @@ def plot(records: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(records), figsize=(4.2 * len(records), 4), squeeze=False)
-    for ax, record in zip(axes[0], records):
+    cols = min(3, len(records))
+    rows = -(-len(records) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(records):]:
+        ax.set_visible(False)
+    for ax, record in zip(axes.flat, records):
         configs = sorted({(r["batch"], r["threads"]) for r in record["rows"]})
         backends = list(dict.fromkeys(r["backend"] for r in record["rows"]))
         width = 0.8 / max(len(backends), 1)
@@ -334,7 +338,7 @@ def plot(records: list[dict], path: str) -> None:
         ax.set_title(f"{record['name']} {'x'.join(map(str, record['input_shape']))}")
         ax.set_ylabel("p50 latency (ms)")
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

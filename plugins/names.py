@@ -58,9 +58,9 @@ FIELDS = {
 # Element types (X, coordinates, Y) each implementation accepts, as ONNX type names, for every
 # op type. TensorRT: the plugin's supportsFormatCombination (fp16 is storage only, math is fp32).
 # ONNX Runtime: the CPU kernels, float32 only, on both routes (runtime/ort_stages.py, which
-# rejects other types with a clear error, and the Python custom ops of ort_ops). The exporter feeds plugin nodes of
-# fp16 graphs float32 through Casts, the one combination both accept; `stn-deploy check` flags
-# any other.
+# rejects other types with a clear error, and the Python custom ops of ort_ops). The exporter
+# feeds plugin nodes of fp16 graphs float32 through Casts, the one combination both accept;
+# `stn-deploy check` flags any other.
 TENSORRT_TYPES = (
     ("float", "float", "float"),
     ("float16", "float16", "float16"),

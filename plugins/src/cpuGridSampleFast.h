@@ -1,19 +1,22 @@
 /*
  * Production CPU kernels: the same sampling math as the reference loop (gridSampleMath.h, whose
- * __host__ __device__ functions are called here), arranged for a CPU. Work is split over
- * N x output rows on a thread pool; each row is processed in chunks of kCHUNK pixels, in loops
- * over contiguous arrays that the compiler vectorises (16 pixels per instruction with AVX-512):
- *   1. one loop computes each pixel's source point (read from the grid, or computed from theta
- *      / the homography: the fused paths never materialise a grid), its taps per axis from the
- *      shared unnormalize / padding / weight functions, and the taps' plane offsets;
- *   2. one loop per channel reads the taps (one gather each) and accumulates them in exactly
- *      samplePlane's order, so results are bit-identical to the reference
- *      (tests/plugins/test_cpu_parity.py checks it). Bilinear is the fast path: four gathers
- *      and six multiply-adds per output value, taps computed once for all channels.
+ * __host__ __device__ functions are called here), arranged for a CPU. Work is N x output rows,
+ * split over a thread pool; rows are processed in chunks of up to kCHUNK pixels (whole rows when
+ * a row is shorter), in loops over contiguous arrays that the compiler vectorises (16 pixels per
+ * instruction with AVX-512; the loops tagged STN_VECTORISED, checked by
+ * tests/plugins/test_cpu_vectorised.py):
+ *   1. the chunk's source points: read from the grid, or computed from theta / the homography
+ *      (the fused paths never materialise a grid);
+ *   2. each axis's tap coordinates and weights, from the shared unnormalize / padding / weight
+ *      functions;
+ *   3. the taps' plane offsets and validity;
+ *   4. per channel, the taps read and summed in exactly samplePlane's order, so results are
+ *      bit-identical to the reference (tests/plugins/test_cpu_fast.py). Bilinear is the fast
+ *      path: each tap row's two columns come from one 8-byte load.
  * Validity: the reference (setTap) accepts a tap when -1 < c < size and then 0 <= trunc(c) <
  * size; for any c in (-1, size) trunc(c) is in [0, size - 1], so the float test alone decides,
- * which is what lets it vectorise. Invalid taps read index 0 and are replaced by 0 after the
- * load, as in samplePlane (a NaN weight still makes NaN).
+ * which is what lets it vectorise. Invalid taps read a valid address and are replaced by 0 after
+ * the load, as in samplePlane (a NaN weight still makes NaN).
  */
 #ifndef STN_CPU_GRID_SAMPLE_FAST_H
 #define STN_CPU_GRID_SAMPLE_FAST_H
@@ -328,14 +331,10 @@ void sampleRows(void* ctx, int64_t begin, int64_t end)
         // whole rows of one image, within [begin, end)
         int64_t const rows = std::min<int64_t>({rowsPerChunk, end - row, s.outH - q.oy});
         q.rows = static_cast<int32_t>(rows);
-        for (q.ox0 = 0; q.ox0 < s.outW || (s.outW == 0 && q.ox0 == 0); q.ox0 += kCHUNK)
+        for (q.ox0 = 0; q.ox0 < s.outW; q.ox0 += kCHUNK)
         {
             q.cols = s.outW - q.ox0 < kCHUNK ? s.outW - q.ox0 : kCHUNK;
             int32_t const len = q.rows * q.cols;
-            if (len == 0)
-            {
-                break;
-            }
             chunkCoordinates<S, M, P, AC>(job, q, taps);
             int64_t const first = static_cast<int64_t>(q.oy) * s.outW + q.ox0;
             if constexpr (M == Interp::kBILINEAR && kLITTLE_ENDIAN)

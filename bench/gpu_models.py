@@ -87,7 +87,7 @@ def load(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
 def eager_scope(model, x, device) -> tuple[contextlib.AbstractContextManager, str | None]:
     """How the model runs on ``device``: as it is, or under ``torch.device(device)``.
 
-    A module written for the CPU may make tensors without a device inside forward (ocr-tps's
+    A module written for the CPU may make tensors without a device inside forward (a
     ``torch.zeros(n, 3, 2)``); torch.device as a context (torch.set_default_device's mechanism)
     runs it unchanged. Returns the scope factory and, when one was needed, why.
     """

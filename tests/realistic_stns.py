@@ -160,7 +160,8 @@ class OcrTpsRectifier(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         n = image.shape[0]
         c_prime = self.loc(image).view(n, self.fiducials, 2)
-        padded = torch.cat([c_prime, torch.zeros(n, 3, 2).float()], dim=1)  # dtype fixed here
+        zeros = torch.zeros(n, 3, 2).float().to(image.device)  # dtype fixed here, as published
+        padded = torch.cat([c_prime, zeros], dim=1)
         transform = torch.bmm(self.inv_delta_c.repeat(n, 1, 1), padded)
         points = torch.bmm(self.p_hat.repeat(n, 1, 1), transform)
         grid = points.reshape(n, self.out_hw[0], self.out_hw[1], 2)
